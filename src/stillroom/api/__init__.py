@@ -1,0 +1,1 @@
+"""HTTP only: thin handlers over the domain modules."""

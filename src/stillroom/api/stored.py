@@ -1,0 +1,93 @@
+"""Stored chat completions: list, retrieve, update, delete, and their input messages."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import QueryParams
+from starlette.responses import Response
+
+from stillroom.api.deps import Caller, Svc, json_response, read_body
+from stillroom.errors import BadRequestError
+from stillroom.stored import (
+    delete_stored_completion,
+    get_stored_completion,
+    list_stored_completions,
+    list_stored_messages,
+    parse_page,
+    update_stored_completion,
+)
+from stillroom.wire.chat import parse_json_object
+
+router = APIRouter()
+deployments = APIRouter()
+
+
+@router.get("/chat/completions")
+async def list_chat_completions(request: Request, principal: Caller, services: Svc) -> Response:
+    query = request.query_params
+    limit, descending = parse_page(query.get("limit"), query.get("order"))
+    page = await run_in_threadpool(
+        list_stored_completions,
+        services.engine,
+        principal.project_id,
+        metadata=_metadata_filter(query),
+        model=query.get("model"),
+        after=query.get("after"),
+        limit=limit,
+        descending=descending,
+    )
+    return json_response(page)
+
+
+@deployments.get("/deployments/{deployment}/chat/completions")
+async def list_deployment_chat_completions(request: Request, principal: Caller, services: Svc) -> Response:
+    return await list_chat_completions(request, principal, services)
+
+
+@router.get("/chat/completions/{completion_id}")
+async def get_chat_completion(completion_id: str, principal: Caller, services: Svc) -> Response:
+    found = await run_in_threadpool(get_stored_completion, services.engine, principal.project_id, completion_id)
+    return json_response(found)
+
+
+@router.get("/chat/completions/{completion_id}/messages")
+async def get_chat_messages(completion_id: str, request: Request, principal: Caller, services: Svc) -> Response:
+    query = request.query_params
+    limit, descending = parse_page(query.get("limit"), query.get("order"))
+    page = await run_in_threadpool(
+        list_stored_messages,
+        services.engine,
+        principal.project_id,
+        completion_id,
+        after=query.get("after"),
+        limit=limit,
+        descending=descending,
+    )
+    return json_response(page)
+
+
+@router.post("/chat/completions/{completion_id}")
+async def update_chat_completion(completion_id: str, request: Request, principal: Caller, services: Svc) -> Response:
+    body = parse_json_object(await read_body(request, services.settings.max_body_bytes))
+    updated = await run_in_threadpool(
+        update_stored_completion, services.engine, principal.project_id, completion_id, body
+    )
+    return json_response(updated)
+
+
+@router.delete("/chat/completions/{completion_id}")
+async def delete_chat_completion(completion_id: str, principal: Caller, services: Svc) -> Response:
+    deleted = await run_in_threadpool(delete_stored_completion, services.engine, principal.project_id, completion_id)
+    return json_response(deleted)
+
+
+def _metadata_filter(query: QueryParams) -> dict[str, str]:
+    """`metadata[key]=value` pairs, as the SDK encodes them (every pair must match)."""
+    pairs: dict[str, str] = {}
+    for name, value in query.multi_items():
+        if name.startswith("metadata[") and name.endswith("]"):
+            pairs[name[9:-1]] = value
+        elif name == "metadata":
+            raise BadRequestError("Filter metadata as metadata[key]=value pairs.", param="metadata")
+    return pairs

@@ -1,0 +1,47 @@
+"""create_app(settings): the FastAPI application, with nothing taken from globals."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from starlette.responses import Response
+
+from stillroom import __version__
+from stillroom.api import chat, models, stored
+from stillroom.api.deps import Svc, json_response
+from stillroom.api.errors import install_error_handlers
+from stillroom.config import Settings
+from stillroom.services import Services
+
+# The same routes answer OpenAI's paths (/v1), Azure's (/openai, with ?api-version) and Azure v1 (/openai/v1).
+PREFIXES = ("/v1", "/openai", "/openai/v1")
+
+health = APIRouter()
+
+
+@health.get("/health", include_in_schema=False)
+async def get_health(services: Svc) -> Response:
+    return json_response(services.health())
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.services = Services.start(settings)
+        try:
+            yield
+        finally:
+            await app.state.services.aclose()
+
+    app = FastAPI(title="Stillroom", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    for prefix in PREFIXES:
+        app.include_router(chat.router, prefix=prefix)
+        app.include_router(stored.router, prefix=prefix)
+        app.include_router(models.router, prefix=prefix)
+    app.include_router(chat.deployments, prefix="/openai")
+    app.include_router(stored.deployments, prefix="/openai")
+    app.include_router(health)
+    install_error_handlers(app)
+    return app

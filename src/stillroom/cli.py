@@ -1,0 +1,134 @@
+"""The `stillroom` command: serve, migrate, report storage."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stillroom import __version__
+from stillroom.config import Settings
+from stillroom.errors import StillroomError
+
+app = typer.Typer(
+    help="Stillroom: an OpenAI-compatible gateway that keeps your chat completions.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL (env STILLROOM_DATABASE_URL)")]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="TOML model list (env STILLROOM_CONFIG)", dir_okay=False)
+]
+
+Debug = Annotated[bool, typer.Option(help="Show tracebacks")]
+
+
+class RedactSecrets(logging.Filter):
+    """Drops anything that looks like an Authorization or api-key value from log records."""
+
+    _pattern = re.compile(r"(?i)(bearer\s+|api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._pattern.sub(r"\1[redacted]", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactSecrets())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def _fail(exc: Exception, debug: bool) -> None:
+    if debug:
+        raise exc
+    message = exc.message if isinstance(exc, StillroomError) else str(exc)
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+    database_url: DatabaseUrl = None,
+    config: ConfigFile = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request (costs throughput)")] = False,
+    debug: Debug = False,
+) -> None:
+    """Serve the OpenAI-compatible API (applies pending migrations first)."""
+    import uvicorn
+
+    from stillroom.app import create_app
+
+    try:
+        settings = _settings(database_url=database_url, config=config)
+        for model in settings.load_models():  # fail here, in one line, on a bad config or a missing key
+            model.api_key()
+    except Exception as exc:  # the CLI edge
+        _fail(exc, debug)
+        return
+    _configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        access_log=access_log,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseUrl = None, debug: Debug = False) -> None:
+    """Apply pending migrations."""
+    from stillroom.store.db import make_engine
+    from stillroom.store.migrate import upgrade_database
+
+    try:
+        settings = _settings(database_url=database_url)
+        upgrade_database(make_engine(settings.database_url))
+    except Exception as exc:  # the CLI edge
+        _fail(exc, debug)
+    typer.echo("database is up to date")
+
+
+@app.command()
+def usage(database_url: DatabaseUrl = None, debug: Debug = False) -> None:
+    """Bytes kept per project (completion rows plus shared message contents)."""
+    from stillroom.store.completions import storage_usage
+    from stillroom.store.db import make_engine
+
+    try:
+        settings = _settings(database_url=database_url)
+        totals = storage_usage(make_engine(settings.database_url))
+    except Exception as exc:  # the CLI edge
+        _fail(exc, debug)
+        return
+    table = Table("project", "bytes kept")
+    for project, size in sorted(totals.items()):
+        table.add_row(project, f"{size:,}")
+    Console().print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)

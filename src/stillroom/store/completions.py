@@ -1,0 +1,299 @@
+"""Stored completions: save (batched), list with metadata/model filters and keyset pages, get, update,
+delete. Input messages are stored once per project by content address and freed when unreferenced."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from stillroom.store.db import write_transaction
+from stillroom.store.tables import completion_metadata, completions, message_contents
+
+
+@dataclass(slots=True)
+class CompletionRecord:
+    """A completion to keep. Serialisation happens in the writer thread, off the event loop."""
+
+    id: str
+    project_id: str
+    model: str
+    provider: str
+    request: dict[str, Any]  # parameters without messages and metadata
+    response: dict[str, Any]
+    messages: list[dict[str, Any]]
+    metadata: dict[str, str]
+    request_id: str
+    stream: bool
+    incomplete: bool
+    latency_ms: float
+
+
+@dataclass(slots=True)
+class StoredCompletion:
+    id: str
+    model: str
+    provider: str
+    request: dict[str, Any]
+    response: dict[str, Any]
+    metadata: dict[str, str]
+    request_id: str
+    stream: bool
+    incomplete: bool
+    latency_ms: float
+    message_digests: list[str] = field(default_factory=list)
+
+
+_COLUMNS = (
+    completions.c.id,
+    completions.c.model,
+    completions.c.provider,
+    completions.c.request,
+    completions.c.response,
+    completions.c.metadata,
+    completions.c.request_id,
+    completions.c.stream,
+    completions.c.incomplete,
+    completions.c.latency_ms,
+    completions.c.message_digests,
+)
+
+
+def _row_to_stored(row: Any) -> StoredCompletion:
+    return StoredCompletion(
+        id=row.id,
+        model=row.model,
+        provider=row.provider,
+        request=orjson.loads(row.request),
+        response=orjson.loads(row.response),
+        metadata=orjson.loads(row.metadata),
+        request_id=row.request_id,
+        stream=row.stream,
+        incomplete=row.incomplete,
+        latency_ms=row.latency_ms,
+        message_digests=orjson.loads(row.message_digests),
+    )
+
+
+def _upsert(conn: Connection) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(message_contents)
+    return stmt.on_conflict_do_update(
+        index_elements=[message_contents.c.project_id, message_contents.c.digest],
+        set_={"refs": message_contents.c.refs + stmt.excluded.refs},
+    )
+
+
+def save_completions(engine: Engine, records: Sequence[CompletionRecord]) -> None:
+    """Write a batch of completions in one transaction (the group commit)."""
+    contents: dict[tuple[str, str], list[Any]] = {}
+    rows = []
+    meta_rows = []
+    for record in records:
+        digests = []
+        for message in record.messages:
+            body = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
+            digest = hashlib.sha256(body).hexdigest()
+            digests.append(digest)
+            slot = contents.get((record.project_id, digest))
+            if slot is None:
+                contents[(record.project_id, digest)] = [body, 1]
+            else:
+                slot[1] += 1
+        request = orjson.dumps(record.request)
+        response = orjson.dumps(record.response)
+        metadata = orjson.dumps(record.metadata)
+        digest_list = orjson.dumps(digests)
+        rows.append(
+            {
+                "id": record.id,
+                "project_id": record.project_id,
+                "model": record.model,
+                "created": int(record.response.get("created") or 0),
+                "provider": record.provider,
+                "request": request.decode(),
+                "response": response.decode(),
+                "message_digests": digest_list.decode(),
+                "metadata": metadata.decode(),
+                "request_id": record.request_id,
+                "stream": record.stream,
+                "incomplete": record.incomplete,
+                "latency_ms": record.latency_ms,
+                "stored_bytes": len(request) + len(response) + len(metadata) + len(digest_list),
+            }
+        )
+        meta_rows.extend(
+            {"completion_id": record.id, "project_id": record.project_id, "key": k, "value": v}
+            for k, v in record.metadata.items()
+        )
+    content_rows = [
+        {"project_id": project, "digest": digest, "body": body.decode(), "size": len(body), "refs": refs}
+        for (project, digest), (body, refs) in sorted(contents.items())
+    ]
+    with write_transaction(engine) as conn:
+        if content_rows:
+            conn.execute(_upsert(conn), content_rows)
+        conn.execute(insert(completions), rows)
+        if meta_rows:
+            conn.execute(insert(completion_metadata), meta_rows)
+
+
+def list_completions(
+    engine: Engine,
+    project_id: str,
+    *,
+    metadata: dict[str, str],
+    model: str | None,
+    after: str | None,
+    limit: int,
+    descending: bool,
+) -> tuple[list[StoredCompletion], bool]:
+    """One keyset page in id (= creation) order, and whether more follow."""
+    c = completions
+    stmt = select(*_COLUMNS).where(c.c.project_id == project_id)
+    key = c.c.id
+    pairs = sorted(metadata.items())
+    if pairs:
+        # The first pair drives the query through its (project, key, value, id) index, in id order.
+        first = completion_metadata.alias("m0")
+        k0, v0 = pairs[0]
+        stmt = stmt.join(first, first.c.completion_id == c.c.id).where(
+            first.c.project_id == project_id, first.c.key == k0, first.c.value == v0
+        )
+        key = first.c.completion_id
+        for i, (k, v) in enumerate(pairs[1:], start=1):
+            m = completion_metadata.alias(f"m{i}")
+            stmt = stmt.where(exists().where(m.c.completion_id == c.c.id, m.c.key == k, m.c.value == v))
+    if model is not None:
+        stmt = stmt.where(c.c.model == model)
+    if after is not None:
+        stmt = stmt.where(key < after if descending else key > after)
+    stmt = stmt.order_by(key.desc() if descending else key.asc()).limit(limit + 1)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    return [_row_to_stored(r) for r in rows[:limit]], len(rows) > limit
+
+
+def get_completion(engine: Engine, project_id: str, completion_id: str) -> StoredCompletion | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(*_COLUMNS).where(completions.c.project_id == project_id, completions.c.id == completion_id)
+        ).first()
+    return _row_to_stored(row) if row else None
+
+
+def get_messages(engine: Engine, project_id: str, completion_id: str) -> list[dict[str, Any]] | None:
+    """The input messages of a completion, in order; None when there is no such completion."""
+    with engine.connect() as conn:
+        digests_json = conn.execute(
+            select(completions.c.message_digests).where(
+                completions.c.project_id == project_id, completions.c.id == completion_id
+            )
+        ).scalar()
+        if digests_json is None:
+            return None
+        digests = orjson.loads(digests_json)
+        bodies = dict(
+            conn.execute(
+                select(message_contents.c.digest, message_contents.c.body).where(
+                    message_contents.c.project_id == project_id, message_contents.c.digest.in_(set(digests))
+                )
+            ).all()
+        )
+    return [orjson.loads(bodies[d]) for d in digests]
+
+
+def update_metadata(
+    engine: Engine,
+    project_id: str,
+    completion_id: str,
+    merge: Callable[[dict[str, str]], dict[str, str]],
+) -> StoredCompletion | None:
+    """Replace a completion's metadata with `merge(current)` in one transaction (merge may raise)."""
+    with write_transaction(engine) as conn:
+        stmt = select(*_COLUMNS).where(completions.c.project_id == project_id, completions.c.id == completion_id)
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        stored = _row_to_stored(row)
+        old_json = row.metadata
+        stored.metadata = merge(stored.metadata)
+        new_json = orjson.dumps(stored.metadata).decode()
+        conn.execute(
+            update(completions)
+            .where(completions.c.id == completion_id)
+            .values(
+                metadata=new_json,
+                stored_bytes=completions.c.stored_bytes + len(new_json.encode()) - len(old_json.encode()),
+            )
+        )
+        conn.execute(delete(completion_metadata).where(completion_metadata.c.completion_id == completion_id))
+        if stored.metadata:
+            conn.execute(
+                insert(completion_metadata),
+                [
+                    {"completion_id": completion_id, "project_id": project_id, "key": k, "value": v}
+                    for k, v in stored.metadata.items()
+                ],
+            )
+    return stored
+
+
+def delete_completion(engine: Engine, project_id: str, completion_id: str) -> bool:
+    """Delete a completion and release its message contents; False when there was none."""
+    with write_transaction(engine) as conn:
+        digests_json = conn.execute(
+            delete(completions)
+            .where(completions.c.project_id == project_id, completions.c.id == completion_id)
+            .returning(completions.c.message_digests)
+        ).scalar()
+        if digests_json is None:
+            return False
+        conn.execute(delete(completion_metadata).where(completion_metadata.c.completion_id == completion_id))
+        counts: dict[str, int] = {}
+        for digest in orjson.loads(digests_json):
+            counts[digest] = counts.get(digest, 0) + 1
+        mc = message_contents.c
+        for digest, n in sorted(counts.items()):
+            conn.execute(
+                update(message_contents)
+                .where(mc.project_id == project_id, mc.digest == digest)
+                .values(refs=mc.refs - n)
+            )
+        conn.execute(
+            delete(message_contents).where(and_(mc.project_id == project_id, mc.digest.in_(list(counts)), mc.refs <= 0))
+        )
+    return True
+
+
+def storage_usage(engine: Engine) -> dict[str, int]:
+    """Bytes actually kept per project: completion rows plus the (shared) message contents."""
+    usage: dict[str, int] = {}
+    with engine.connect() as conn:
+        for project, total in conn.execute(
+            select(completions.c.project_id, func.sum(completions.c.stored_bytes)).group_by(completions.c.project_id)
+        ):
+            usage[project] = usage.get(project, 0) + int(total or 0)
+        for project, total in conn.execute(
+            select(message_contents.c.project_id, func.sum(message_contents.c.size)).group_by(
+                message_contents.c.project_id
+            )
+        ):
+            usage[project] = usage.get(project, 0) + int(total or 0)
+    return usage
+
+
+def count_rows(engine: Engine) -> dict[str, int]:
+    """Row counts of every stored table (what error-path tests check did not change)."""
+    with engine.connect() as conn:
+        return {
+            table.name: int(conn.execute(select(func.count()).select_from(table)).scalar() or 0)
+            for table in (completions, completion_metadata, message_contents)
+        }

@@ -1,0 +1,22 @@
+"""Apply Alembic migrations programmatically (`stillroom serve` does this at start)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, text
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_LOCK_ID = 0x5717_1200  # PostgreSQL advisory lock: one process migrates at a time
+
+
+def upgrade_database(engine: Engine, revision: str = "head") -> None:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)

@@ -1,0 +1,123 @@
+"""Stored chat completions as OpenAI's endpoints present them: list, get, messages, update, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine
+
+from stillroom.errors import BadRequestError, NotFoundError
+from stillroom.store import completions as store
+from stillroom.wire.chat import validate_metadata
+from stillroom.wire.completions import render_store_message, render_stored_completion
+
+MAX_LIMIT = 100
+
+
+def parse_page(limit: str | None, order: str | None) -> tuple[int, bool]:
+    """Validate `limit` (1..100, default 20) and `order` (asc default, or desc)."""
+    if limit is None:
+        size = 20
+    else:
+        try:
+            size = int(limit)
+        except ValueError:
+            raise BadRequestError("Invalid 'limit': expected an integer.", param="limit") from None
+        if not 1 <= size <= MAX_LIMIT:
+            raise BadRequestError(f"Invalid 'limit': must be between 1 and {MAX_LIMIT}.", param="limit")
+    if order not in (None, "asc", "desc"):
+        raise BadRequestError("Invalid 'order': expected 'asc' or 'desc'.", param="order")
+    return size, order == "desc"
+
+
+def list_stored_completions(
+    engine: Engine,
+    project_id: str,
+    *,
+    metadata: dict[str, str],
+    model: str | None,
+    after: str | None,
+    limit: int,
+    descending: bool,
+) -> dict[str, Any]:
+    validate_metadata(metadata)
+    rows, has_more = store.list_completions(
+        engine, project_id, metadata=metadata, model=model, after=after, limit=limit, descending=descending
+    )
+    return _page([_render(row) for row in rows], has_more)
+
+
+def get_stored_completion(engine: Engine, project_id: str, completion_id: str) -> dict[str, Any]:
+    row = store.get_completion(engine, project_id, completion_id)
+    if row is None:
+        raise _not_found(completion_id)
+    return _render(row)
+
+
+def list_stored_messages(
+    engine: Engine, project_id: str, completion_id: str, *, after: str | None, limit: int, descending: bool
+) -> dict[str, Any]:
+    messages = store.get_messages(engine, project_id, completion_id)
+    if messages is None:
+        raise _not_found(completion_id)
+    items = [render_store_message(completion_id, i, m) for i, m in enumerate(messages)]
+    if descending:
+        items.reverse()
+    if after is not None:
+        positions = {item["id"]: n for n, item in enumerate(items)}
+        if after not in positions:
+            raise BadRequestError(f"Invalid 'after': no message {after!r} in this completion.", param="after")
+        items = items[positions[after] + 1 :]
+    return _page(items[:limit], len(items) > limit)
+
+
+def update_stored_completion(
+    engine: Engine, project_id: str, completion_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge the given pairs into the stored metadata (as Azure documents); `null` clears it."""
+    if "metadata" not in body:
+        raise BadRequestError("Missing required parameter: 'metadata'.", param="metadata")
+    changes = validate_metadata(body["metadata"])
+
+    def merge(current: dict[str, str]) -> dict[str, str]:
+        if changes is None:
+            return {}
+        merged = {**current, **changes}
+        validate_metadata(merged)
+        return merged
+
+    row = store.update_metadata(engine, project_id, completion_id, merge)
+    if row is None:
+        raise _not_found(completion_id)
+    return _render(row)
+
+
+def delete_stored_completion(engine: Engine, project_id: str, completion_id: str) -> dict[str, Any]:
+    if not store.delete_completion(engine, project_id, completion_id):
+        raise _not_found(completion_id)
+    return {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
+
+
+def _render(row: store.StoredCompletion) -> dict[str, Any]:
+    extension = {
+        "request_id": row.request_id,
+        "provider": row.provider,
+        "stream": row.stream,
+        "incomplete": row.incomplete,
+        "latency_ms": round(row.latency_ms, 3),
+    }
+    return render_stored_completion(row.id, row.response, row.request, row.metadata, extension)
+
+
+def _page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def _not_found(completion_id: str) -> NotFoundError:
+    return NotFoundError(f"No chat completion found with id '{completion_id}'.", param="completion_id")

@@ -1,0 +1,33 @@
+"""OpenAI-style ids. Completion ids sort by creation time, so keyset pages can use them directly."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # ASCII order
+_RANDOM_SPAN = 62**20
+_lock = threading.Lock()
+_last_micros = 0
+
+
+def _base62(number: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        chars.append(_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def new_completion_id() -> str:
+    """`chatcmpl-` + 29 alphanumerics: 9 of microsecond time (strictly rising per process) + 20 random."""
+    global _last_micros
+    with _lock:
+        micros = max(time.time_ns() // 1000, _last_micros + 1)
+        _last_micros = micros
+    return "chatcmpl-" + _base62(micros, 9) + _base62(int.from_bytes(secrets.token_bytes(16)) % _RANDOM_SPAN, 20)
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(16)

@@ -1,0 +1,769 @@
+"""The completion store on SQLite and PostgreSQL: save, get, list pages and filters, content-addressed
+messages, metadata updates, deletes, and the group-commit queue."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import IntegrityError
+
+from stillroom.store.completions import (
+    CompletionRecord,
+    StoredCompletion,
+    delete_completion,
+    get_completion,
+    get_messages,
+    list_completions,
+    save_completions,
+    storage_usage,
+    update_metadata,
+)
+from stillroom.store.db import make_engine
+from stillroom.store.migrate import upgrade_database
+from stillroom.store.tables import completion_metadata, completions, message_contents
+from stillroom.store.writer import CommitQueue
+from stillroom.wire.ids import new_completion_id
+
+WAIT = 30.0  # seconds; an upper bound for waits that normally end at once
+
+
+@pytest.fixture(scope="module")
+def engine(db_url: str) -> Iterator[Engine]:
+    """The session's database of this backend, migrated (overrides conftest's server-backed `engine`)."""
+    eng = make_engine(db_url)
+    upgrade_database(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def project() -> str:
+    return f"p-{uuid.uuid4().hex}"
+
+
+def record(
+    project: str,
+    messages: list[dict[str, Any]] | None = None,
+    *,
+    metadata: dict[str, str] | None = None,
+    model: str = "gpt-test",
+    cid: str | None = None,
+    answer: str = "ok",
+) -> CompletionRecord:
+    cid = cid or new_completion_id()
+    return CompletionRecord(
+        id=cid,
+        project_id=project,
+        model=model,
+        provider="openai",
+        request={"model": model, "temperature": 0.5},
+        response={
+            "id": cid,
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+        },
+        messages=messages if messages is not None else [{"role": "user", "content": f"question {cid}"}],
+        metadata=metadata or {},
+        request_id="req_" + uuid.uuid4().hex,
+        stream=False,
+        incomplete=False,
+        latency_ms=12.5,
+    )
+
+
+def message_size(message: dict[str, Any]) -> int:
+    return len(orjson.dumps(message, option=orjson.OPT_SORT_KEYS))
+
+
+def digest(message: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(message, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def contents(engine: Engine, project: str) -> dict[str, int]:
+    """digest -> refs of every stored message content of a project."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(message_contents.c.digest, message_contents.c.refs).where(message_contents.c.project_id == project)
+        ).all()
+    return {d: r for d, r in rows}
+
+
+def count(conn: Connection, table: Any, project: str) -> int:
+    return int(conn.execute(select(func.count()).select_from(table).where(table.c.project_id == project)).scalar() or 0)
+
+
+def list_all(engine: Engine, project: str, **kwargs: Any) -> list[StoredCompletion]:
+    options: dict[str, Any] = {"metadata": {}, "model": None, "after": None, "limit": 100, "descending": False}
+    options.update(kwargs)
+    page, _ = list_completions(engine, project, **options)
+    return page
+
+
+def ids(page: list[StoredCompletion]) -> list[str]:
+    return [c.id for c in page]
+
+
+# --- save, get ------------------------------------------------------------------------------------
+
+
+def test_saved_completion_reads_back_field_for_field(engine: Engine, project: str) -> None:
+    rec = record(project, metadata={"team": "search", "run": "1"}, answer="Paris")
+    save_completions(engine, [rec])
+    stored = get_completion(engine, project, rec.id)
+    assert stored is not None
+    assert stored.id == rec.id
+    assert stored.model == rec.model
+    assert stored.provider == "openai"
+    assert stored.request == rec.request
+    assert stored.response == rec.response
+    assert stored.metadata == {"team": "search", "run": "1"}
+    assert stored.request_id == rec.request_id
+    assert stored.stream is False
+    assert stored.incomplete is False
+    assert stored.latency_ms == 12.5
+    assert stored.message_digests == [digest(m) for m in rec.messages]
+
+
+def test_stream_and_incomplete_flags_round_trip(engine: Engine, project: str) -> None:
+    rec = record(project)
+    rec.stream = True
+    rec.incomplete = True
+    save_completions(engine, [rec])
+    stored = get_completion(engine, project, rec.id)
+    assert stored is not None
+    assert stored.stream is True
+    assert stored.incomplete is True
+
+
+def test_get_completion_of_another_project_is_none(engine: Engine, project: str) -> None:
+    rec = record(project)
+    save_completions(engine, [rec])
+    assert get_completion(engine, project + "-other", rec.id) is None
+    assert get_messages(engine, project + "-other", rec.id) is None
+    assert get_completion(engine, project, new_completion_id()) is None
+
+
+def test_a_batch_of_several_completions_is_saved_in_one_call(engine: Engine, project: str) -> None:
+    recs = [record(project) for _ in range(5)]
+    save_completions(engine, recs)
+    assert ids(list_all(engine, project)) == [r.id for r in recs]
+
+
+def test_a_failing_batch_stores_nothing(engine: Engine, project: str) -> None:
+    first = record(project)
+    save_completions(engine, [first])
+    fresh = record(project, [{"role": "user", "content": "only in the failed batch"}])
+    duplicate = record(project, cid=first.id)
+    with pytest.raises(IntegrityError):
+        save_completions(engine, [fresh, duplicate])
+    assert get_completion(engine, project, fresh.id) is None
+    assert digest(fresh.messages[0]) not in contents(engine, project)
+    assert contents(engine, project) == {digest(first.messages[0]): 1}
+
+
+def test_get_messages_returns_the_exact_input_messages_in_order(engine: Engine, project: str) -> None:
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "what is"}, {"type": "text", "text": " 6x7?"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "mul", "arguments": '{"a":6}'}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        {"role": "user", "content": "thanks ✓ — ünïcödé", "name": "ann"},
+        {"role": "user", "content": "again"},
+        {"role": "user", "content": "again"},  # the same message twice
+    ]
+    rec = record(project, messages)
+    save_completions(engine, [rec])
+    assert get_messages(engine, project, rec.id) == messages
+    assert contents(engine, project)[digest({"role": "user", "content": "again"})] == 2
+
+
+def test_get_messages_of_a_completion_without_messages_is_empty(engine: Engine, project: str) -> None:
+    rec = record(project, [])
+    save_completions(engine, [rec])
+    assert get_messages(engine, project, rec.id) == []
+    assert get_messages(engine, project, new_completion_id()) is None
+
+
+# --- list: keyset pages ---------------------------------------------------------------------------
+
+
+def page_through(engine: Engine, project: str, *, descending: bool, between: Any = None) -> list[str]:
+    seen: list[str] = []
+    after = None
+    while True:
+        page, has_more = list_completions(
+            engine, project, metadata={}, model=None, after=after, limit=10, descending=descending
+        )
+        assert len(page) <= 10
+        seen.extend(ids(page))
+        if not has_more:
+            return seen
+        assert len(page) == 10
+        after = page[-1].id
+        if between is not None:
+            between()
+
+
+def test_ascending_pages_cover_every_row_once_in_order(engine: Engine, project: str) -> None:
+    recs = [record(project) for _ in range(45)]
+    save_completions(engine, recs)
+    assert page_through(engine, project, descending=False) == [r.id for r in recs]
+
+
+def test_descending_pages_cover_every_row_once_newest_first(engine: Engine, project: str) -> None:
+    recs = [record(project) for _ in range(45)]
+    save_completions(engine, recs)
+    assert page_through(engine, project, descending=True) == [r.id for r in reversed(recs)]
+
+
+def test_last_page_reports_no_more(engine: Engine, project: str) -> None:
+    recs = [record(project) for _ in range(20)]
+    save_completions(engine, recs)
+    page, has_more = list_completions(
+        engine, project, metadata={}, model=None, after=recs[9].id, limit=10, descending=False
+    )
+    assert ids(page) == [r.id for r in recs[10:]]
+    assert has_more is False
+    page, has_more = list_completions(engine, project, metadata={}, model=None, after=None, limit=19, descending=False)
+    assert len(page) == 19
+    assert has_more is True
+
+
+def test_rows_inserted_between_ascending_pages_appear_at_the_end_once(engine: Engine, project: str) -> None:
+    recs = [record(project) for _ in range(45)]
+    save_completions(engine, recs)
+    added: list[str] = []
+
+    def insert_two() -> None:
+        if len(added) < 8:
+            new = [record(project), record(project)]
+            save_completions(engine, new)
+            added.extend(r.id for r in new)
+
+    seen = page_through(engine, project, descending=False, between=insert_two)
+    assert added  # rows really were inserted mid-way
+    assert seen == [r.id for r in recs] + added
+    assert len(set(seen)) == len(seen)
+
+
+def test_rows_inserted_between_descending_pages_never_disturb_the_walk(engine: Engine, project: str) -> None:
+    recs = [record(project) for _ in range(45)]
+    save_completions(engine, recs)
+    added: list[str] = []
+
+    def insert_one() -> None:
+        new = record(project)
+        save_completions(engine, [new])
+        added.append(new.id)
+
+    seen = page_through(engine, project, descending=True, between=insert_one)
+    assert len(added) == 4
+    assert seen == [r.id for r in reversed(recs)]  # newer rows sort before the cursor: not on later pages
+
+
+def test_list_is_scoped_to_the_project(engine: Engine, project: str) -> None:
+    mine = record(project)
+    theirs = record(project + "-other")
+    save_completions(engine, [mine, theirs])
+    assert ids(list_all(engine, project)) == [mine.id]
+    assert ids(list_all(engine, project + "-other")) == [theirs.id]
+
+
+# --- list: filters --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tagged(engine: Engine, project: str) -> dict[str, CompletionRecord]:
+    recs = {
+        "a": record(project, metadata={"team": "search", "env": "prod"}, model="gpt-a"),
+        "b": record(project, metadata={"team": "search", "env": "dev"}, model="gpt-b"),
+        "c": record(project, metadata={"team": "ads", "env": "prod"}, model="gpt-a"),
+        "d": record(project, metadata={"team": "search"}, model="gpt-a"),
+        "e": record(project, metadata={}, model="gpt-a"),
+        "f": record(project, metadata={"team": "search", "env": "prod", "x": "1"}, model="gpt-b"),
+    }
+    save_completions(engine, list(recs.values()))
+    return recs
+
+
+def names(recs: dict[str, CompletionRecord], page: list[StoredCompletion]) -> list[str]:
+    by_id = {r.id: name for name, r in recs.items()}
+    return [by_id[c.id] for c in page]
+
+
+def test_metadata_filter_with_one_pair(engine: Engine, project: str, tagged: dict[str, CompletionRecord]) -> None:
+    assert names(tagged, list_all(engine, project, metadata={"team": "search"})) == ["a", "b", "d", "f"]
+    assert names(tagged, list_all(engine, project, metadata={"env": "prod"})) == ["a", "c", "f"]
+    assert list_all(engine, project, metadata={"team": "nobody"}) == []
+
+
+def test_metadata_filter_with_two_pairs_is_an_and(
+    engine: Engine, project: str, tagged: dict[str, CompletionRecord]
+) -> None:
+    assert names(tagged, list_all(engine, project, metadata={"team": "search", "env": "prod"})) == ["a", "f"]
+    assert names(tagged, list_all(engine, project, metadata={"env": "prod", "team": "search"})) == ["a", "f"]
+    assert list_all(engine, project, metadata={"team": "ads", "env": "dev"}) == []
+
+
+def test_model_filter(engine: Engine, project: str, tagged: dict[str, CompletionRecord]) -> None:
+    assert names(tagged, list_all(engine, project, model="gpt-a")) == ["a", "c", "d", "e"]
+    assert names(tagged, list_all(engine, project, model="gpt-b")) == ["b", "f"]
+    assert list_all(engine, project, model="gpt-z") == []
+
+
+def test_metadata_and_model_filters_combine(engine: Engine, project: str, tagged: dict[str, CompletionRecord]) -> None:
+    assert names(tagged, list_all(engine, project, metadata={"team": "search"}, model="gpt-b")) == ["b", "f"]
+    both = list_all(engine, project, metadata={"team": "search", "env": "prod"}, model="gpt-a")
+    assert names(tagged, both) == ["a"]
+    assert names(tagged, list_all(engine, project, metadata={"env": "prod"}, model="gpt-a", descending=True)) == [
+        "c",
+        "a",
+    ]
+
+
+def test_metadata_filter_does_not_see_other_projects(engine: Engine, project: str) -> None:
+    mine = record(project, metadata={"tag": "shared"})
+    theirs = record(project + "-other", metadata={"tag": "shared"})
+    save_completions(engine, [mine, theirs])
+    assert ids(list_all(engine, project, metadata={"tag": "shared"})) == [mine.id]
+
+
+def test_filtered_pages_cover_every_match_once(engine: Engine, project: str) -> None:
+    recs = [record(project, metadata={"k": "yes" if i % 3 else "no"}, model="m") for i in range(45)]
+    save_completions(engine, recs)
+    expected = [r.id for r in recs if r.metadata["k"] == "yes"]
+    for descending in (False, True):
+        seen: list[str] = []
+        after = None
+        while True:
+            page, more = list_completions(
+                engine, project, metadata={"k": "yes"}, model="m", after=after, limit=7, descending=descending
+            )
+            seen.extend(ids(page))
+            if not more:
+                break
+            after = page[-1].id
+        assert seen == (list(reversed(expected)) if descending else expected)
+
+
+# --- content addressing, storage usage, deletes ----------------------------------------------------
+
+SYSTEM = {"role": "system", "content": "You are a careful assistant. " * 20}
+TURN_1 = {"role": "user", "content": "Tell me about the Loire valley. " * 10}
+REPLY_1 = {"role": "assistant", "content": "The Loire valley is known for its châteaux. " * 10}
+TURN_2 = {"role": "user", "content": "And its wines?"}
+
+
+def test_shared_message_prefix_is_stored_once(engine: Engine, project: str) -> None:
+    first = record(project, [SYSTEM, TURN_1])
+    second = record(project, [SYSTEM, TURN_1, REPLY_1, TURN_2])
+    save_completions(engine, [first])
+    save_completions(engine, [second])
+    assert contents(engine, project) == {digest(SYSTEM): 2, digest(TURN_1): 2, digest(REPLY_1): 1, digest(TURN_2): 1}
+    assert get_messages(engine, project, first.id) == [SYSTEM, TURN_1]
+    assert get_messages(engine, project, second.id) == [SYSTEM, TURN_1, REPLY_1, TURN_2]
+
+
+def test_shared_messages_in_one_batch_are_stored_once(engine: Engine, project: str) -> None:
+    save_completions(engine, [record(project, [SYSTEM, TURN_1]), record(project, [SYSTEM, TURN_1, REPLY_1])])
+    assert contents(engine, project) == {digest(SYSTEM): 2, digest(TURN_1): 2, digest(REPLY_1): 1}
+
+
+def test_same_message_in_two_projects_is_stored_per_project(engine: Engine, project: str) -> None:
+    other = project + "-other"
+    save_completions(engine, [record(project, [SYSTEM]), record(other, [SYSTEM])])
+    assert contents(engine, project) == {digest(SYSTEM): 1}
+    assert contents(engine, other) == {digest(SYSTEM): 1}
+
+
+def test_storage_usage_counts_shared_messages_once(engine: Engine, project: str) -> None:
+    first = record(project, [SYSTEM, TURN_1])
+    second = record(project, [SYSTEM, TURN_1, REPLY_1, TURN_2])
+    save_completions(engine, [first])
+    after_first = storage_usage(engine)[project]
+    save_completions(engine, [second])
+    after_second = storage_usage(engine)[project]
+    with engine.connect() as conn:
+        row_bytes = dict(
+            conn.execute(
+                select(completions.c.id, completions.c.stored_bytes).where(completions.c.project_id == project)
+            ).all()
+        )
+    assert after_first == row_bytes[first.id] + message_size(SYSTEM) + message_size(TURN_1)
+    growth = after_second - after_first
+    naive_growth = row_bytes[second.id] + sum(message_size(m) for m in second.messages)
+    assert growth == row_bytes[second.id] + message_size(REPLY_1) + message_size(TURN_2)
+    assert growth < naive_growth
+    assert naive_growth - growth == message_size(SYSTEM) + message_size(TURN_1)
+
+
+def test_stored_bytes_counts_utf8_bytes_like_message_sizes(engine: Engine, project: str) -> None:
+    rec = record(project, [TURN_2], metadata={"note": "naïve café ✓"}, answer="日本語の答え — ünïcödé")
+    save_completions(engine, [rec])
+    with engine.connect() as conn:
+        row = conn.execute(select(completions).where(completions.c.id == rec.id)).one()
+    texts = (row.request, row.response, row.metadata, row.message_digests)
+    assert row.stored_bytes == sum(len(t.encode()) for t in texts)
+    assert storage_usage(engine)[project] == row.stored_bytes + message_size(TURN_2)
+    update_metadata(engine, project, rec.id, lambda current: {"note": "日本語"})
+    with engine.connect() as conn:
+        row = conn.execute(select(completions).where(completions.c.id == rec.id)).one()
+    texts = (row.request, row.response, row.metadata, row.message_digests)
+    assert row.stored_bytes == sum(len(t.encode()) for t in texts)
+
+
+def test_storage_usage_is_per_project(engine: Engine, project: str) -> None:
+    other = project + "-other"
+    save_completions(engine, [record(project, [SYSTEM])])
+    usage = storage_usage(engine)
+    assert usage[project] > message_size(SYSTEM)
+    assert other not in usage
+
+
+def test_delete_frees_unshared_contents_and_keeps_shared_ones(engine: Engine, project: str) -> None:
+    first = record(project, [SYSTEM, TURN_1])
+    second = record(project, [SYSTEM, TURN_1, REPLY_1, TURN_2])
+    save_completions(engine, [first, second])
+    assert delete_completion(engine, project, second.id) is True
+    assert contents(engine, project) == {digest(SYSTEM): 1, digest(TURN_1): 1}
+    assert get_completion(engine, project, second.id) is None
+    assert get_messages(engine, project, second.id) is None
+    assert get_messages(engine, project, first.id) == [SYSTEM, TURN_1]
+
+
+def test_delete_of_the_older_completion_keeps_the_shared_prefix(engine: Engine, project: str) -> None:
+    first = record(project, [SYSTEM, TURN_1])
+    second = record(project, [SYSTEM, TURN_1, REPLY_1, TURN_2])
+    save_completions(engine, [first, second])
+    assert delete_completion(engine, project, first.id) is True
+    assert contents(engine, project) == {digest(m): 1 for m in second.messages}
+    assert get_messages(engine, project, second.id) == second.messages
+
+
+def test_delete_releases_a_message_repeated_within_one_completion(engine: Engine, project: str) -> None:
+    again = {"role": "user", "content": "again"}
+    one = record(project, [again, again, again])
+    two = record(project, [again])
+    save_completions(engine, [one, two])
+    assert contents(engine, project) == {digest(again): 4}
+    delete_completion(engine, project, one.id)
+    assert contents(engine, project) == {digest(again): 1}
+    delete_completion(engine, project, two.id)
+    assert contents(engine, project) == {}
+
+
+def test_deleting_every_completion_leaves_no_contents_or_metadata(engine: Engine, project: str) -> None:
+    histories = [[SYSTEM], [SYSTEM, TURN_1], [SYSTEM, TURN_1, REPLY_1], [SYSTEM, TURN_1, REPLY_1, TURN_2], [TURN_2]]
+    recs = [record(project, h, metadata={"n": str(i)}) for i, h in enumerate(histories)]
+    save_completions(engine, recs[:2])
+    save_completions(engine, recs[2:])
+    for rec in reversed(recs):
+        assert delete_completion(engine, project, rec.id) is True
+    with engine.connect() as conn:
+        assert count(conn, message_contents, project) == 0
+        assert count(conn, completions, project) == 0
+        assert count(conn, completion_metadata, project) == 0
+    assert project not in storage_usage(engine)
+
+
+def test_delete_in_one_project_keeps_the_same_message_in_another(engine: Engine, project: str) -> None:
+    other = project + "-other"
+    mine = record(project, [SYSTEM])
+    theirs = record(other, [SYSTEM])
+    save_completions(engine, [mine, theirs])
+    delete_completion(engine, project, mine.id)
+    assert contents(engine, project) == {}
+    assert contents(engine, other) == {digest(SYSTEM): 1}
+    assert get_messages(engine, other, theirs.id) == [SYSTEM]
+
+
+def test_delete_of_a_missing_or_foreign_completion_is_false_and_changes_nothing(engine: Engine, project: str) -> None:
+    rec = record(project, [SYSTEM])
+    save_completions(engine, [rec])
+    assert delete_completion(engine, project, new_completion_id()) is False
+    assert delete_completion(engine, project + "-other", rec.id) is False
+    assert get_completion(engine, project, rec.id) is not None
+    assert contents(engine, project) == {digest(SYSTEM): 1}
+
+
+def test_delete_removes_the_completion_from_metadata_filters(engine: Engine, project: str) -> None:
+    keep = record(project, metadata={"k": "v"})
+    drop = record(project, metadata={"k": "v"})
+    save_completions(engine, [keep, drop])
+    delete_completion(engine, project, drop.id)
+    assert ids(list_all(engine, project, metadata={"k": "v"})) == [keep.id]
+
+
+# --- update_metadata ------------------------------------------------------------------------------
+
+
+def test_update_metadata_stores_what_merge_returns(engine: Engine, project: str) -> None:
+    rec = record(project, metadata={"keep": "1", "change": "old", "drop": "x"})
+    save_completions(engine, [rec])
+    seen: list[dict[str, str]] = []
+
+    def merge(current: dict[str, str]) -> dict[str, str]:
+        seen.append(dict(current))
+        merged = {**current, "change": "new", "added": "yes"}
+        del merged["drop"]
+        return merged
+
+    updated = update_metadata(engine, project, rec.id, merge)
+    assert seen == [{"keep": "1", "change": "old", "drop": "x"}]
+    assert updated is not None
+    assert updated.metadata == {"keep": "1", "change": "new", "added": "yes"}
+    assert updated.id == rec.id
+    assert updated.response == rec.response
+    stored = get_completion(engine, project, rec.id)
+    assert stored is not None
+    assert stored.metadata == {"keep": "1", "change": "new", "added": "yes"}
+
+
+def test_update_metadata_reindexes_the_filters(engine: Engine, project: str) -> None:
+    rec = record(project, metadata={"stage": "draft", "gone": "soon"})
+    save_completions(engine, [rec])
+    update_metadata(engine, project, rec.id, lambda current: {"stage": "final"})
+    assert list_all(engine, project, metadata={"stage": "draft"}) == []
+    assert list_all(engine, project, metadata={"gone": "soon"}) == []
+    assert ids(list_all(engine, project, metadata={"stage": "final"})) == [rec.id]
+
+
+def test_update_metadata_to_empty_clears_the_filters(engine: Engine, project: str) -> None:
+    rec = record(project, metadata={"a": "1"})
+    save_completions(engine, [rec])
+    updated = update_metadata(engine, project, rec.id, lambda current: {})
+    assert updated is not None
+    assert updated.metadata == {}
+    assert list_all(engine, project, metadata={"a": "1"}) == []
+    with engine.connect() as conn:
+        assert count(conn, completion_metadata, project) == 0
+
+
+def test_update_metadata_adjusts_storage_usage_by_the_size_change(engine: Engine, project: str) -> None:
+    rec = record(project, metadata={"a": "1"})
+    save_completions(engine, [rec])
+    before = storage_usage(engine)[project]
+    update_metadata(engine, project, rec.id, lambda current: {"a": "1", "b": "x" * 100})
+    after = storage_usage(engine)[project]
+    assert after - before == len(orjson.dumps({"a": "1", "b": "x" * 100})) - len(orjson.dumps({"a": "1"}))
+
+
+def test_update_metadata_of_a_missing_completion_is_none_without_calling_merge(engine: Engine, project: str) -> None:
+    calls: list[dict[str, str]] = []
+
+    def merge(current: dict[str, str]) -> dict[str, str]:
+        calls.append(current)
+        return current
+
+    assert update_metadata(engine, project, new_completion_id(), merge) is None
+    assert calls == []
+
+
+def test_update_metadata_merge_that_raises_changes_nothing(engine: Engine, project: str) -> None:
+    rec = record(project, metadata={"a": "1"})
+    save_completions(engine, [rec])
+
+    def refuse(current: dict[str, str]) -> dict[str, str]:
+        raise ValueError("too many pairs")
+
+    with pytest.raises(ValueError, match="too many pairs"):
+        update_metadata(engine, project, rec.id, refuse)
+    stored = get_completion(engine, project, rec.id)
+    assert stored is not None
+    assert stored.metadata == {"a": "1"}
+    assert ids(list_all(engine, project, metadata={"a": "1"})) == [rec.id]
+
+
+def test_update_metadata_of_another_projects_completion_is_none(engine: Engine, project: str) -> None:
+    rec = record(project, metadata={"a": "1"})
+    save_completions(engine, [rec])
+    assert update_metadata(engine, project + "-other", rec.id, lambda c: {"a": "2"}) is None
+    stored = get_completion(engine, project, rec.id)
+    assert stored is not None
+    assert stored.metadata == {"a": "1"}
+
+
+# --- CommitQueue ----------------------------------------------------------------------------------
+
+
+class GatedEngine:
+    """Holds the commit thread inside its first write until `open()`: whatever is submitted meanwhile
+    queues up, so the batches that follow are known in advance."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.entered = threading.Event()
+        self._gate = threading.Event()
+
+    def connect(self) -> Connection:
+        self.entered.set()
+        assert self._gate.wait(WAIT), "gate never opened"
+        return self._engine.connect()
+
+    def open(self) -> None:
+        self._gate.set()
+
+
+@pytest.fixture
+def gated(engine: Engine) -> GatedEngine:
+    return GatedEngine(engine)
+
+
+@pytest.fixture
+def held_queue(gated: GatedEngine) -> Iterator[CommitQueue]:
+    queue = CommitQueue(gated, batch_size=16)  # type: ignore[arg-type]
+    yield queue
+    gated.open()
+    queue.close()
+
+
+def hold(queue: CommitQueue, gated: GatedEngine, project: str) -> tuple[CompletionRecord, Future[None]]:
+    """Submit one record and wait until the commit thread is stuck writing it."""
+    first = record(project)
+    future = queue.submit(first)
+    assert gated.entered.wait(WAIT)
+    return first, future
+
+
+def test_commit_queue_commits_records_submitted_from_many_threads(engine: Engine, project: str) -> None:
+    queue = CommitQueue(engine, batch_size=32)
+    per_thread = 50
+    futures: list[list[tuple[str, Future[None]]]] = [[] for _ in range(6)]
+    start = threading.Barrier(len(futures))
+
+    def submit_many(out: list[tuple[str, Future[None]]]) -> None:
+        start.wait(WAIT)
+        for _ in range(per_thread):
+            rec = record(project)
+            out.append((rec.id, queue.submit(rec)))
+
+    threads = [threading.Thread(target=submit_many, args=(out,)) for out in futures]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        submitted = [pair for out in futures for pair in out]
+        assert len(submitted) == 6 * per_thread
+        for _, future in submitted:
+            assert future.result(WAIT) is None
+    finally:
+        queue.close()
+    assert queue.committed == 6 * per_thread
+    assert queue.failed == 0
+    assert 1 <= queue.batches <= queue.committed
+    assert sorted(ids(list_all(engine, project, limit=1000))) == sorted(cid for cid, _ in submitted)
+
+
+def test_commit_queue_groups_waiting_records_into_batches(
+    engine: Engine, project: str, gated: GatedEngine, held_queue: CommitQueue
+) -> None:
+    _, first_future = hold(held_queue, gated, project)
+    futures: list[Future[None]] = []
+    lock = threading.Lock()
+
+    def submit_many() -> None:
+        for _ in range(25):
+            future = held_queue.submit(record(project))
+            with lock:
+                futures.append(future)
+
+    threads = [threading.Thread(target=submit_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    gated.open()
+    first_future.result(WAIT)
+    for future in futures:
+        future.result(WAIT)
+    assert held_queue.committed == 101
+    # The held record alone, then the 100 that queued up meanwhile, at most 16 to a batch.
+    assert held_queue.batches == 1 + math.ceil(100 / 16)
+    assert len(list_all(engine, project, limit=1000)) == 101
+
+
+def test_a_failing_record_fails_alone_and_the_rest_of_its_batch_commits(
+    engine: Engine, project: str, gated: GatedEngine, held_queue: CommitQueue
+) -> None:
+    first, first_future = hold(held_queue, gated, project)
+    good_before = record(project, [SYSTEM, TURN_1])
+    duplicate = record(project, [SYSTEM, {"role": "user", "content": "only the duplicate has this"}], cid=first.id)
+    good_after = record(project, [SYSTEM, TURN_2])
+    futures = [held_queue.submit(r) for r in (good_before, duplicate, good_after)]
+    gated.open()
+    first_future.result(WAIT)
+    assert futures[0].result(WAIT) is None
+    with pytest.raises(IntegrityError):
+        futures[1].result(WAIT)
+    assert futures[2].result(WAIT) is None
+    assert held_queue.committed == 3
+    assert held_queue.failed == 1
+    assert ids(list_all(engine, project)) == [first.id, good_before.id, good_after.id]
+    stored_first = get_completion(engine, project, first.id)
+    assert stored_first is not None
+    assert stored_first.request_id == first.request_id  # the duplicate did not overwrite it
+    # The duplicate's message references were rolled back with it.
+    assert contents(engine, project) == {
+        digest(first.messages[0]): 1,
+        digest(SYSTEM): 2,
+        digest(TURN_1): 1,
+        digest(TURN_2): 1,
+    }
+
+
+def test_close_writes_everything_already_queued(engine: Engine, project: str) -> None:
+    queue = CommitQueue(engine, batch_size=8)
+    recs = [record(project) for _ in range(40)]
+    futures = [queue.submit(r) for r in recs]
+    queue.close(WAIT)
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert queue.committed == 40
+    assert ids(list_all(engine, project)) == [r.id for r in recs]
+
+
+def test_a_cancelled_wait_does_not_stop_the_commit_thread(
+    engine: Engine, project: str, gated: GatedEngine, held_queue: CommitQueue
+) -> None:
+    """A caller that gives up waiting (asyncio.wait_for over wrap_future cancels the future) must not
+    kill the writer: the record is still stored and later records still commit."""
+    _, first_future = hold(held_queue, gated, project)
+    abandoned = record(project)
+    abandoned_future = held_queue.submit(abandoned)
+    assert abandoned_future.cancel()
+    gated.open()
+    first_future.result(WAIT)
+    later = record(project)
+    assert held_queue.submit(later).result(WAIT) is None
+    assert get_completion(engine, project, abandoned.id) is not None
+    assert get_completion(engine, project, later.id) is not None
+    assert held_queue.committed == 3
+
+
+def test_a_cancelled_wait_on_a_failing_record_does_not_stop_the_commit_thread(
+    engine: Engine, project: str, gated: GatedEngine, held_queue: CommitQueue
+) -> None:
+    first, first_future = hold(held_queue, gated, project)
+    duplicate_future = held_queue.submit(record(project, cid=first.id))
+    assert duplicate_future.cancel()
+    gated.open()
+    first_future.result(WAIT)
+    later = record(project)
+    assert held_queue.submit(later).result(WAIT) is None
+    assert held_queue.failed == 1
+    assert held_queue.committed == 2

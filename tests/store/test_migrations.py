@@ -1,0 +1,119 @@
+"""Alembic migrations build exactly the schema of stillroom.store.tables, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, insert, inspect, select, text
+
+from stillroom.store.db import make_engine
+from stillroom.store.migrate import upgrade_database
+from stillroom.store.tables import completions, metadata
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A brand-new empty database of each backend (not the session's shared one, which is migrated)."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+        yield engine
+        engine.dispose()
+        return
+    name = f"stillroom_migrate_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    engine = make_engine(f"postgresql://postgres@127.0.0.1:5432/{name}")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def schema_diff(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        return list(compare_metadata(context, metadata))
+
+
+def schema_snapshot(engine: Engine) -> dict[str, Any]:
+    inspector = inspect(engine)
+    return {
+        table: {
+            "columns": [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)],
+            "indexes": sorted((i["name"], tuple(i["column_names"])) for i in inspector.get_indexes(table)),
+            "pk": inspector.get_pk_constraint(table)["constrained_columns"],
+        }
+        for table in sorted(inspector.get_table_names())
+    }
+
+
+def version(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))]
+
+
+def test_new_database_starts_empty(empty_engine: Engine) -> None:
+    assert inspect(empty_engine).get_table_names() == []
+
+
+def test_upgrade_of_an_empty_database_matches_the_table_definitions(empty_engine: Engine) -> None:
+    assert schema_diff(empty_engine)  # sanity: an empty database does differ
+    upgrade_database(empty_engine)
+    assert schema_diff(empty_engine) == []
+    assert set(inspect(empty_engine).get_table_names()) == {*metadata.tables, "alembic_version"}
+    assert version(empty_engine) == ["0001"]
+
+
+def completion_row(cid: str) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "model": "m",
+        "created": 1,
+        "provider": "openai",
+        "request": "{}",
+        "response": "{}",
+        "message_digests": "[]",
+        "metadata": "{}",
+        "request_id": "req_1",
+        "stream": False,
+        "incomplete": False,
+        "latency_ms": 1.0,
+        "stored_bytes": 6,
+    }
+
+
+def test_migrated_completion_ids_sort_bytewise(empty_engine: Engine) -> None:
+    upgrade_database(empty_engine)
+    ids = ["chatcmpl-b", "chatcmpl-B", "chatcmpl-a", "chatcmpl-0", "chatcmpl-Z", "chatcmpl-A"]
+    with empty_engine.begin() as conn:
+        conn.execute(insert(completions), [completion_row(i) for i in ids])
+        ordered = list(conn.execute(select(completions.c.id).order_by(completions.c.id)).scalars())
+    assert ordered == sorted(ids, key=str.encode)  # 0 < A < B < Z < a < b, whatever the database locale
+    if empty_engine.dialect.name == "postgresql":
+        columns = {c["name"]: c for c in inspect(empty_engine).get_columns("completions")}
+        assert getattr(columns["id"]["type"], "collation", None) == "C"
+
+
+def test_upgrade_twice_is_a_no_op(empty_engine: Engine) -> None:
+    upgrade_database(empty_engine)
+    before = schema_snapshot(empty_engine)
+    with empty_engine.begin() as conn:
+        conn.execute(insert(completions), completion_row("chatcmpl-kept"))
+    upgrade_database(empty_engine)
+    assert schema_snapshot(empty_engine) == before
+    assert schema_diff(empty_engine) == []
+    assert version(empty_engine) == ["0001"]
+    with empty_engine.connect() as conn:
+        kept = conn.execute(select(completions.c.id, completions.c.project_id)).all()
+    assert [tuple(r) for r in kept] == [("chatcmpl-kept", "default")]
