@@ -6,11 +6,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from sqlalchemy import Engine
 
 from stillroom.config import Settings
 from stillroom.gateway import Gateway
+from stillroom.providers.openai import make_session
 from stillroom.providers.registry import ProviderRegistry
 from stillroom.store.db import make_engine
 from stillroom.store.migrate import upgrade_database
@@ -24,7 +25,7 @@ class Services:
     commits: CommitQueue
     registry: ProviderRegistry
     gateway: Gateway
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -32,12 +33,8 @@ class Services:
         models = settings.load_models()
         engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         upgrade_database(engine)
-        http = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=settings.upstream_max_connections,
-                max_keepalive_connections=settings.upstream_max_connections,
-            ),
-            timeout=httpx.Timeout(600.0, connect=settings.upstream_connect_timeout),
+        http = make_session(
+            max_connections=settings.upstream_max_connections, connect_timeout=settings.upstream_connect_timeout
         )
         registry = ProviderRegistry(models, http)
         registry.load_local_models()
@@ -48,7 +45,7 @@ class Services:
     async def aclose(self) -> None:
         self.commits.close()
         await self.registry.aclose()
-        await self.http.aclose()
+        await self.http.close()
         self.engine.dispose()
 
     def model_cards(self) -> list[dict[str, Any]]:

@@ -609,11 +609,12 @@ class GatedEngine:
         self._engine = engine
         self.entered = threading.Event()
         self._gate = threading.Event()
+        self.dialect = engine.dialect
 
-    def connect(self) -> Connection:
+    def raw_connection(self) -> Any:
         self.entered.set()
         assert self._gate.wait(WAIT), "gate never opened"
-        return self._engine.connect()
+        return self._engine.raw_connection()
 
     def open(self) -> None:
         self._gate.set()

@@ -1,12 +1,16 @@
-"""POST chat completions: OpenAI (/v1), Azure v1 (/openai/v1) and Azure deployments."""
+"""POST chat completions: OpenAI (/v1), Azure v1 (/openai/v1) and Azure deployments.
+
+These two handlers are the hot path, so they are plain Starlette endpoints: FastAPI's dependency
+resolution would cost more than the rest of the request handling here.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from stillroom.api.deps import Caller, Svc, read_body
-from stillroom.auth import Principal
+from stillroom.api.deps import get_principal, read_body
 from stillroom.services import Services
 from stillroom.wire.chat import parse_chat_request
 
@@ -14,19 +18,21 @@ router = APIRouter()
 deployments = APIRouter()
 
 
-@router.post("/chat/completions")
-async def create_chat_completion(request: Request, principal: Caller, services: Svc) -> Response:
-    return await _create(request, principal, services, deployment=None)
+async def create_chat_completion(request: Request) -> Response:
+    return await _create(request, deployment=None)
 
 
-@deployments.post("/deployments/{deployment}/chat/completions")
-async def create_deployment_chat_completion(
-    deployment: str, request: Request, principal: Caller, services: Svc
-) -> Response:
-    return await _create(request, principal, services, deployment=deployment)
+async def create_deployment_chat_completion(request: Request) -> Response:
+    return await _create(request, deployment=request.path_params["deployment"])
 
 
-async def _create(request: Request, principal: Principal, services: Services, deployment: str | None) -> Response:
+router.add_route("/chat/completions", create_chat_completion, methods=["POST"])
+deployments.add_route("/deployments/{deployment}/chat/completions", create_deployment_chat_completion, methods=["POST"])
+
+
+async def _create(request: Request, deployment: str | None) -> Response:
+    services: Services = request.app.state.services
+    principal = get_principal(request)
     chat = parse_chat_request(await read_body(request, services.settings.max_body_bytes), model=deployment)
     request_id = request.scope["state"]["request_id"]
     if chat.stream:

@@ -1,26 +1,42 @@
-"""OpenAI and any OpenAI-compatible upstream (vLLM, Ollama, llama.cpp server, another Stillroom)."""
+"""OpenAI and any OpenAI-compatible upstream (vLLM, Ollama, llama.cpp server, another Stillroom), and Azure
+OpenAI deployments. One aiohttp session (one connection pool) serves every upstream: on this hot path
+aiohttp costs about a third of what httpx's async client does (0.17 ms vs 0.47 ms p50 per call, measured
+against the benchmark's fake upstream)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from stillroom.config import ModelConfig
-from stillroom.errors import BadGatewayError, GatewayTimeoutError, UpstreamError
+from stillroom.errors import BadGatewayError, GatewayTimeoutError, StillroomError, UpstreamError
 
 _RELAYED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
 
 
+def make_session(*, max_connections: int, connect_timeout: float) -> aiohttp.ClientSession:
+    """The shared upstream connection pool (create it inside the running event loop)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
+        read_bufsize=1 << 20,
+        max_line_size=1 << 24,
+        max_field_size=1 << 16,
+        auto_decompress=True,
+    )
+
+
 class HTTPProvider:
-    """Speaks the OpenAI chat completions protocol to a URL over the app's shared connection pool."""
+    """Speaks the OpenAI chat completions protocol to one URL."""
 
     def __init__(
         self,
         model: ModelConfig,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         *,
         kind: str,
         url: str,
@@ -30,12 +46,14 @@ class HTTPProvider:
         self.kind = kind
         self.name = model.name
         self._model = model
-        self._client = client
+        self._session = session
         self._url = url
         self._params = params
         self._key_header = key_header
-        # The model's timeout bounds the answer; connecting keeps the pool's (settings) connect timeout.
-        self._timeout = httpx.Timeout(model.timeout, connect=client.timeout.connect)
+        # The model's timeout bounds each wait for upstream bytes; connecting keeps the pool's timeout.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_read=model.timeout, sock_connect=session.timeout.sock_connect
+        )
 
     def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
@@ -45,83 +63,70 @@ class HTTPProvider:
             headers[self._key_header] = f"Bearer {secret}" if self._key_header == "authorization" else secret
         return headers
 
+    def _post(self, body: dict[str, Any]) -> Any:
+        return self._session.post(
+            self._url, params=self._params, data=orjson.dumps(body), headers=self._headers(), timeout=self._timeout
+        )
+
     async def complete(self, body: dict[str, Any]) -> bytes:
         try:
-            response = await self._client.post(
-                self._url,
-                params=self._params,
-                content=orjson.dumps(body),
-                headers=self._headers(),
-                timeout=self._timeout,
-            )
-        except httpx.TimeoutException as exc:
-            raise GatewayTimeoutError(f"The upstream for model {self.name!r} timed out.") from exc
-        except httpx.HTTPError as exc:
-            raise BadGatewayError(f"The upstream for model {self.name!r} failed: {type(exc).__name__}.") from exc
-        if response.status_code >= 400:
-            raise _upstream_error(response, response.content)
-        return response.content
+            async with self._post(body) as response:
+                payload = await response.read()
+                if response.status >= 400:
+                    raise _upstream_error(response, payload)
+                return payload
+        except StillroomError:
+            raise
+        except Exception as exc:
+            raise self._transport_error(exc, "") from exc
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        request = self._client.build_request(
-            "POST",
-            self._url,
-            params=self._params,
-            content=orjson.dumps(body),
-            headers=self._headers(),
-            timeout=self._timeout,
-        )
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise GatewayTimeoutError(f"The upstream for model {self.name!r} timed out.") from exc
-        except httpx.HTTPError as exc:
-            raise BadGatewayError(f"The upstream for model {self.name!r} failed: {type(exc).__name__}.") from exc
-        try:
-            if response.status_code >= 400:
-                raise _upstream_error(response, await response.aread())
-            done = False
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    done = True
-                    break
-                yield payload.encode()
-            if not done:
-                raise BadGatewayError(f"The upstream for model {self.name!r} ended its stream early.")
-        except httpx.TimeoutException as exc:
-            raise GatewayTimeoutError(f"The upstream for model {self.name!r} timed out mid-stream.") from exc
-        except httpx.HTTPError as exc:
-            raise BadGatewayError(
-                f"The upstream for model {self.name!r} broke off its stream: {type(exc).__name__}."
-            ) from exc
-        finally:
-            await response.aclose()
+            async with self._post(body) as response:
+                if response.status >= 400:
+                    raise _upstream_error(response, await response.read())
+                async for line in response.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        return
+                    yield payload
+            raise BadGatewayError(f"The upstream for model {self.name!r} ended its stream early.")
+        except StillroomError:
+            raise
+        except Exception as exc:
+            raise self._transport_error(exc, " mid-stream") from exc
+
+    def _transport_error(self, exc: Exception, where: str) -> StillroomError:
+        if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+            return GatewayTimeoutError(f"The upstream for model {self.name!r} timed out{where}.")
+        if isinstance(exc, aiohttp.ClientError | OSError | ValueError):
+            return BadGatewayError(f"The upstream for model {self.name!r} failed{where}: {type(exc).__name__}.")
+        raise exc
 
     async def aclose(self) -> None:
-        """The connection pool is shared and closed by the app."""
+        """The session is shared and closed by the app."""
 
 
-def openai_provider(model: ModelConfig, client: httpx.AsyncClient) -> HTTPProvider:
+def openai_provider(model: ModelConfig, session: aiohttp.ClientSession) -> HTTPProvider:
     """Any OpenAI-compatible base URL, with the key sent as a bearer token."""
     assert model.base_url
     url = model.base_url.rstrip("/") + "/chat/completions"
-    return HTTPProvider(model, client, kind="openai", url=url, params=None, key_header="authorization")
+    return HTTPProvider(model, session, kind="openai", url=url, params=None, key_header="authorization")
 
 
-def azure_provider(model: ModelConfig, client: httpx.AsyncClient) -> HTTPProvider:
+def azure_provider(model: ModelConfig, session: aiohttp.ClientSession) -> HTTPProvider:
     """An Azure OpenAI deployment: `{endpoint}/openai/deployments/{deployment}/chat/completions`."""
     assert model.endpoint
     deployment = model.deployment or model.target_model
     url = f"{model.endpoint.rstrip('/')}/openai/deployments/{deployment}/chat/completions"
     header = "authorization" if model.auth == "bearer" else "api-key"
     return HTTPProvider(
-        model, client, kind="azure", url=url, params={"api-version": model.api_version}, key_header=header
+        model, session, kind="azure", url=url, params={"api-version": model.api_version}, key_header=header
     )
 
 
-def _upstream_error(response: httpx.Response, body: bytes) -> UpstreamError:
+def _upstream_error(response: aiohttp.ClientResponse, body: bytes) -> UpstreamError:
     headers = {h: response.headers[h] for h in _RELAYED_HEADERS if h in response.headers}
-    return UpstreamError(response.status_code, body, headers)
+    return UpstreamError(response.status, body, headers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import httpx
+import aiohttp
 
 from stillroom.config import ModelConfig
 from stillroom.errors import NotFoundError
@@ -14,7 +14,7 @@ from stillroom.providers.openai import azure_provider, openai_provider
 
 
 class ProviderRegistry:
-    def __init__(self, models: Iterable[ModelConfig], client: httpx.AsyncClient) -> None:
+    def __init__(self, models: Iterable[ModelConfig], session: aiohttp.ClientSession) -> None:
         self.models = {m.name: m for m in models}
         self._providers: dict[str, Provider] = {}
         for model in self.models.values():
@@ -22,9 +22,9 @@ class ProviderRegistry:
             if model.provider == "local":
                 self._providers[model.name] = LocalProvider(model)
             elif model.provider == "azure":
-                self._providers[model.name] = azure_provider(model, client)
+                self._providers[model.name] = azure_provider(model, session)
             else:
-                self._providers[model.name] = openai_provider(model, client)
+                self._providers[model.name] = openai_provider(model, session)
 
     def get(self, name: str) -> tuple[ModelConfig, Provider]:
         provider = self._providers.get(name)

@@ -12,7 +12,7 @@ import orjson
 from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from stillroom.store.db import write_transaction
+from stillroom.store.db import raw_write_transaction, write_transaction
 from stillroom.store.tables import completion_metadata, completions, message_contents
 
 
@@ -89,6 +89,33 @@ def _upsert(conn: Connection) -> Any:
     )
 
 
+_COMPLETION_COLUMNS = (
+    "id",
+    "project_id",
+    "model",
+    "created",
+    "provider",
+    "request",
+    "response",
+    "message_digests",
+    "metadata",
+    "request_id",
+    "stream",
+    "incomplete",
+    "latency_ms",
+    "stored_bytes",
+)
+# The group commit is the hot write path, so it runs plain SQL through the pool's DBAPI connection:
+# SQLAlchemy Core statement handling costs more than SQLite's commit itself (0.33 ms vs 0.07 ms a batch).
+_SAVE_SQL = (
+    "INSERT INTO message_contents (project_id, digest, body, size, refs) VALUES ({p}, {p}, {p}, {p}, {p}) "
+    "ON CONFLICT (project_id, digest) DO UPDATE SET refs = message_contents.refs + excluded.refs",
+    f"INSERT INTO completions ({', '.join(_COMPLETION_COLUMNS)}) "
+    f"VALUES ({', '.join(['{p}'] * len(_COMPLETION_COLUMNS))})",
+    "INSERT INTO completion_metadata (completion_id, project_id, key, value) VALUES ({p}, {p}, {p}, {p})",
+)
+
+
 def save_completions(engine: Engine, records: Sequence[CompletionRecord]) -> None:
     """Write a batch of completions in one transaction (the group commit)."""
     contents: dict[tuple[str, str], list[Any]] = {}
@@ -110,37 +137,40 @@ def save_completions(engine: Engine, records: Sequence[CompletionRecord]) -> Non
         metadata = orjson.dumps(record.metadata)
         digest_list = orjson.dumps(digests)
         rows.append(
-            {
-                "id": record.id,
-                "project_id": record.project_id,
-                "model": record.model,
-                "created": int(record.response.get("created") or 0),
-                "provider": record.provider,
-                "request": request.decode(),
-                "response": response.decode(),
-                "message_digests": digest_list.decode(),
-                "metadata": metadata.decode(),
-                "request_id": record.request_id,
-                "stream": record.stream,
-                "incomplete": record.incomplete,
-                "latency_ms": record.latency_ms,
-                "stored_bytes": len(request) + len(response) + len(metadata) + len(digest_list),
-            }
+            (
+                record.id,
+                record.project_id,
+                record.model,
+                int(record.response.get("created") or 0),
+                record.provider,
+                request.decode(),
+                response.decode(),
+                digest_list.decode(),
+                metadata.decode(),
+                record.request_id,
+                record.stream,
+                record.incomplete,
+                record.latency_ms,
+                len(request) + len(response) + len(metadata) + len(digest_list),
+            )
         )
-        meta_rows.extend(
-            {"completion_id": record.id, "project_id": record.project_id, "key": k, "value": v}
-            for k, v in record.metadata.items()
-        )
+        meta_rows.extend((record.id, record.project_id, k, v) for k, v in record.metadata.items())
     content_rows = [
-        {"project_id": project, "digest": digest, "body": body.decode(), "size": len(body), "refs": refs}
+        (project, digest, body.decode(), len(body), refs)
         for (project, digest), (body, refs) in sorted(contents.items())
     ]
-    with write_transaction(engine) as conn:
+    contents_sql, completions_sql, metadata_sql = _save_sql(engine)
+    with raw_write_transaction(engine) as cursor:
         if content_rows:
-            conn.execute(_upsert(conn), content_rows)
-        conn.execute(insert(completions), rows)
+            cursor.executemany(contents_sql, content_rows)
+        cursor.executemany(completions_sql, rows)
         if meta_rows:
-            conn.execute(insert(completion_metadata), meta_rows)
+            cursor.executemany(metadata_sql, meta_rows)
+
+
+def _save_sql(engine: Engine) -> tuple[str, ...]:
+    placeholder = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    return tuple(sql.format(p=placeholder) for sql in _SAVE_SQL)
 
 
 def list_completions(

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 
 def normalise_url(url: str) -> str:
@@ -60,3 +61,27 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
                 yield conn
         finally:
             conn.info.pop("write", None)
+
+
+@contextmanager
+def raw_write_transaction(engine: Engine) -> Iterator[Any]:
+    """A DBAPI cursor in one write transaction, on a pooled connection: for hot paths where SQLAlchemy's
+    statement handling would cost more than the database's own work."""
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        if engine.dialect.name == "sqlite":
+            cursor.execute("BEGIN IMMEDIATE")
+        try:
+            yield cursor
+            connection.commit()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            connection.rollback()
+            # The same exception classes SQLAlchemy raises elsewhere (IntegrityError, OperationalError...).
+            raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error) from exc
+        except BaseException:
+            connection.rollback()
+            raise
+        cursor.close()
+    finally:
+        connection.close()

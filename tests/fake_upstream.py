@@ -1,0 +1,189 @@
+"""FAKE UPSTREAM, for benchmarks and fault tests only: a minimal, fast OpenAI-compatible chat server.
+
+It answers canned chat completions without any model, so a benchmark can measure Stillroom's own cost,
+and it misbehaves on request (chosen by the `model` name) so fault tests can check what clients get:
+
+    fake            a canned completion (streamed when asked), at once
+    fault-slow      the same, after `FAULT_SLOW_SECONDS`
+    fault-hang      never answers
+    fault-500       500 with an OpenAI error envelope
+    fault-429       429 with `retry-after: 1`
+    fault-reset     closes the connection without answering
+    fault-cut       starts a stream, sends a few chunks, then drops the connection
+
+Raw asyncio (uvloop when present) with HTTP/1.1 keep-alive: no framework, so it costs little.
+Run: python -m tests.fake_upstream --port 9100
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import orjson
+
+FAULT_SLOW_SECONDS = 2.0
+ANSWER = "The quick brown fox jumps over the lazy dog. " * 4
+
+
+def _completion(model: str) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-fake0000000000000000000000000",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": ANSWER, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 25, "completion_tokens": 40, "total_tokens": 65},
+        }
+    )
+
+
+def _chunks(model: str, include_usage: bool) -> list[bytes]:
+    head = {
+        "id": "chatcmpl-fake-stream",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+    usage = {"usage": None} if include_usage else {}
+    deltas = [{"role": "assistant", "content": ""}] + [{"content": w + " "} for w in ANSWER.split()[:12]]
+    events = [
+        {**head, **usage, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}
+        for d in deltas
+    ]
+    events.append({**head, **usage, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
+    if include_usage:
+        events.append(
+            {**head, "choices": [], "usage": {"prompt_tokens": 25, "completion_tokens": 12, "total_tokens": 37}}
+        )
+    return [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+
+
+def _response(status: str, body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 "
+        + status.encode()
+        + b"\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n"
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+def _error(status: str, message: str, kind: str) -> bytes:
+    envelope = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    extra = b"retry-after: 1\r\n" if status.startswith("429") else b""
+    return _response(status, orjson.dumps(envelope), extra)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].decode("latin-1").split("\r\n")
+            length = 0
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = self.buffer[end + 4 : end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length :]
+            self._answer(head[0], body)
+
+    def _answer(self, request_line: str, body: bytes) -> None:
+        assert self.transport is not None
+        if "/chat/completions" not in request_line:
+            self.transport.write(_error("404 Not Found", "no such route", "invalid_request_error"))
+            return
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            self.transport.write(_error("400 Bad Request", "bad json", "invalid_request_error"))
+            return
+        model = str(request.get("model", "fake"))
+        stream = bool(request.get("stream"))
+        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        if model == "fault-hang":
+            return
+        if model == "fault-reset":
+            self.transport.abort()
+            return
+        if model == "fault-500":
+            self.transport.write(_error("500 Internal Server Error", "the fake upstream failed", "server_error"))
+            return
+        if model == "fault-429":
+            self.transport.write(_error("429 Too Many Requests", "slow down", "rate_limit_error"))
+            return
+        if model == "fault-slow":
+            asyncio.get_running_loop().call_later(FAULT_SLOW_SECONDS, self._send, model, stream, include_usage)
+            return
+        self._send(model, stream, include_usage)
+
+    def _send(self, model: str, stream: bool, include_usage: bool) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return
+        if not stream:
+            self.transport.write(_response("200 OK", _completion(model)))
+            return
+        events = _chunks(model, include_usage)
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        if model == "fault-cut":
+            for event in events[:4]:
+                self.transport.write(b"%x\r\n%s\r\n" % (len(event), event))
+            asyncio.get_running_loop().call_later(0.05, self.transport.abort)
+            return
+        for event in events:
+            self.transport.write(b"%x\r\n%s\r\n" % (len(event), event))
+        self.transport.write(b"0\r\n\r\n")
+
+
+async def serve(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_Connection, host, port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
