@@ -12,6 +12,7 @@ from stillroom import __version__
 from stillroom.api import chat, models, stored
 from stillroom.api.deps import Svc, json_response
 from stillroom.api.errors import install_error_handlers
+from stillroom.api.openapi import install_openapi
 from stillroom.config import Settings
 from stillroom.services import Services
 
@@ -44,4 +45,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(stored.deployments, prefix="/openai")
     app.include_router(health)
     install_error_handlers(app)
+    install_openapi(app, PREFIXES)
     return app

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
@@ -23,26 +25,49 @@ router = APIRouter()
 deployments = APIRouter()
 
 
+After = Annotated[str | None, Query(description="Return items after this id, in the requested order")]
+Limit = Annotated[str | None, Query(description="Items per page, 1..100 (default 20)")]
+Order = Annotated[str | None, Query(description="asc (default) or desc")]
+
+
 @router.get("/chat/completions")
-async def list_chat_completions(request: Request, principal: Caller, services: Svc) -> Response:
-    query = request.query_params
-    limit, descending = parse_page(query.get("limit"), query.get("order"))
+async def list_chat_completions(
+    request: Request,
+    principal: Caller,
+    services: Svc,
+    after: After = None,
+    limit: Limit = None,
+    order: Order = None,
+    model: Annotated[str | None, Query(description="Only completions asked of this model")] = None,
+) -> Response:
+    """Stored completions; filter metadata with `metadata[key]=value` pairs (all must match)."""
+    size, descending = parse_page(limit, order)
     page = await run_in_threadpool(
         list_stored_completions,
         services.engine,
         principal.project_id,
-        metadata=_metadata_filter(query),
-        model=query.get("model"),
-        after=query.get("after"),
-        limit=limit,
+        metadata=_metadata_filter(request.query_params),
+        model=model,
+        after=after,
+        limit=size,
         descending=descending,
     )
     return json_response(page)
 
 
 @deployments.get("/deployments/{deployment}/chat/completions")
-async def list_deployment_chat_completions(request: Request, principal: Caller, services: Svc) -> Response:
-    return await list_chat_completions(request, principal, services)
+async def list_deployment_chat_completions(
+    deployment: str,
+    request: Request,
+    principal: Caller,
+    services: Svc,
+    after: After = None,
+    limit: Limit = None,
+    order: Order = None,
+    model: Annotated[str | None, Query()] = None,
+) -> Response:
+    """Azure's list path when the client pins a deployment; lists like the plain path (filter with `model`)."""
+    return await list_chat_completions(request, principal, services, after, limit, order, model)
 
 
 @router.get("/chat/completions/{completion_id}")
@@ -52,22 +77,41 @@ async def get_chat_completion(completion_id: str, principal: Caller, services: S
 
 
 @router.get("/chat/completions/{completion_id}/messages")
-async def get_chat_messages(completion_id: str, request: Request, principal: Caller, services: Svc) -> Response:
-    query = request.query_params
-    limit, descending = parse_page(query.get("limit"), query.get("order"))
+async def get_chat_messages(
+    completion_id: str, principal: Caller, services: Svc, after: After = None, limit: Limit = None, order: Order = None
+) -> Response:
+    size, descending = parse_page(limit, order)
     page = await run_in_threadpool(
         list_stored_messages,
         services.engine,
         principal.project_id,
         completion_id,
-        after=query.get("after"),
-        limit=limit,
+        after=after,
+        limit=size,
         descending=descending,
     )
     return json_response(page)
 
 
-@router.post("/chat/completions/{completion_id}")
+_UPDATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["metadata"],
+                    "properties": {
+                        "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/chat/completions/{completion_id}", openapi_extra=_UPDATE_BODY)
 async def update_chat_completion(completion_id: str, request: Request, principal: Caller, services: Svc) -> Response:
     body = parse_json_object(await read_body(request, services.settings.max_body_bytes))
     updated = await run_in_threadpool(

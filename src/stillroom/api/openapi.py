@@ -1,0 +1,111 @@
+"""The OpenAPI document: FastAPI's for the declared routes, plus the plain Starlette create routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from stillroom.wire.chat import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE, ROLES
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+_METADATA = {
+    "type": ["object", "null"],
+    "maxProperties": MAX_METADATA_PAIRS,
+    "propertyNames": {"maxLength": MAX_METADATA_KEY},
+    "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
+}
+_CREATE_BODY = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "additionalProperties": True,
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role"],
+                "properties": {
+                    "role": {"type": "string", "enum": sorted(ROLES)},
+                    "content": {"type": ["string", "array", "null"]},
+                    "name": {"type": "string"},
+                },
+            },
+        },
+        "store": {"type": ["boolean", "null"]},
+        "metadata": _METADATA,
+        "stream": {"type": ["boolean", "null"]},
+        "stream_options": {"type": ["object", "null"]},
+        "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+        "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 128},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "seed": {"type": ["integer", "null"]},
+        "stop": {"type": ["string", "array", "null"]},
+        "tools": {"type": ["array", "null"]},
+        "tool_choice": {"type": ["string", "object", "null"]},
+        "response_format": {"type": ["object", "null"]},
+    },
+}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+def _create_operation(operation_id: str, deployment: bool) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": "Create a chat completion (stored when `store` is true)",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _CREATE_BODY}}},
+        "responses": {
+            "200": {
+                "description": "A chat.completion, or an SSE stream of chat.completion.chunk when `stream` is true",
+                "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}},
+            },
+            "400": _error_response("Invalid request"),
+            "401": _error_response("Missing or wrong API key"),
+            "404": _error_response("Unknown model"),
+            "413": _error_response("Body too large"),
+            "502": _error_response("The upstream failed"),
+            "504": _error_response("The upstream timed out"),
+        },
+    }
+    if deployment:
+        operation["parameters"] = [{"name": "deployment", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return operation
+
+
+def install_openapi(app: FastAPI, prefixes: tuple[str, ...]) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for prefix in prefixes:
+                name = "create_chat_completion" + prefix.replace("/", "_")
+                path = schema["paths"].setdefault(f"{prefix}/chat/completions", {})
+                path["post"] = _create_operation(name, deployment=False)
+            deployments = schema["paths"].setdefault("/openai/deployments/{deployment}/chat/completions", {})
+            deployments["post"] = _create_operation("create_deployment_chat_completion", deployment=True)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
