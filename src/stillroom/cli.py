@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -126,6 +127,40 @@ def usage(database_url: DatabaseUrl = None, debug: Debug = False) -> None:
     for project, size in sorted(totals.items()):
         table.add_row(project, f"{size:,}")
     Console().print(table)
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL file to write", dir_okay=False)],
+    metadata: Annotated[list[str] | None, typer.Option("--metadata", "-m", help="key=value filter, repeatable")] = None,
+    model: Annotated[str | None, typer.Option(help="Only completions asked of this model")] = None,
+    project: Annotated[str, typer.Option(help="Project whose completions to export")] = "default",
+    database_url: DatabaseUrl = None,
+    debug: Debug = False,
+) -> None:
+    """Export stored completions as chat fine-tuning JSONL ({"messages": [...]} per line)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from stillroom.export import iter_training_rows
+    from stillroom.store.db import make_engine
+
+    try:
+        pairs = dict(_pair(item) for item in metadata or [])
+        engine = make_engine(_settings(database_url=database_url).database_url)
+        with output.open("wb") as out, Progress(SpinnerColumn(), TextColumn("{task.completed:,} rows")) as bar:
+            task = bar.add_task("export")
+            for row in iter_training_rows(engine, project, metadata=pairs, model=model):
+                out.write(orjson.dumps(row) + b"\n")
+                bar.advance(task)
+    except Exception as exc:  # the CLI edge
+        _fail(exc, debug)
+
+
+def _pair(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"expected key=value, got {item!r}")
+    return key, value
 
 
 @app.command()

@@ -7,13 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from sqlalchemy import Engine
 
 from stillroom.config import Settings
 from stillroom.gateway import Gateway
 from stillroom.providers.openai import make_session
 from stillroom.providers.registry import ProviderRegistry
-from stillroom.store.db import make_engine
+from stillroom.store.db import Engine, make_engine
 from stillroom.store.migrate import upgrade_database
 from stillroom.store.writer import CommitQueue
 

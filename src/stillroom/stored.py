@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine
-
 from stillroom.errors import BadRequestError, NotFoundError
 from stillroom.store import completions as store
+from stillroom.store.db import Engine
 from stillroom.wire.chat import validate_metadata
 from stillroom.wire.completions import render_store_message, render_stored_completion
 

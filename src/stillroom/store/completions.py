@@ -225,17 +225,21 @@ def get_messages(engine: Engine, project_id: str, completion_id: str) -> list[di
                 completions.c.project_id == project_id, completions.c.id == completion_id
             )
         ).scalar()
-        if digests_json is None:
-            return None
-        digests = orjson.loads(digests_json)
-        bodies = dict(
-            conn.execute(
-                select(message_contents.c.digest, message_contents.c.body).where(
-                    message_contents.c.project_id == project_id, message_contents.c.digest.in_(set(digests))
-                )
-            ).all()
-        )
-    return [orjson.loads(bodies[d]) for d in digests]
+    if digests_json is None:
+        return None
+    digests = orjson.loads(digests_json)
+    bodies = get_message_bodies(engine, project_id, set(digests))
+    return [bodies[d] for d in digests]
+
+
+def get_message_bodies(engine: Engine, project_id: str, digests: set[str]) -> dict[str, dict[str, Any]]:
+    """Messages by content address (one query however many)."""
+    if not digests:
+        return {}
+    mc = message_contents.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(mc.digest, mc.body).where(mc.project_id == project_id, mc.digest.in_(digests)))
+        return {digest: orjson.loads(body) for digest, body in rows}
 
 
 def update_metadata(

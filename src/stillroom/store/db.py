@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, create_engine, event
+from sqlalchemy import Engine as Engine  # re-exported for the domain, which never imports SQLAlchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 

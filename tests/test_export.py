@@ -1,0 +1,96 @@
+"""Export: stored completions become chat fine-tuning rows, filtered like the list endpoint."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+from stillroom.cli import app
+from stillroom.export import iter_training_rows
+from stillroom.store.completions import CompletionRecord, save_completions
+from stillroom.store.db import make_engine
+from stillroom.store.migrate import upgrade_database
+from stillroom.wire.ids import new_completion_id
+
+
+@pytest.fixture(scope="module")
+def store_engine(db_url: str) -> Engine:
+    engine = make_engine(db_url)
+    upgrade_database(engine)
+    return engine
+
+
+def _record(
+    project: str, question: str, answer: str | None, *, incomplete: bool = False, tag: str = "a"
+) -> CompletionRecord:
+    message = {"role": "assistant", "content": answer, "refusal": None}
+    return CompletionRecord(
+        id=new_completion_id(),
+        project_id=project,
+        model="m",
+        provider="local",
+        request={"model": "m", "temperature": 0},
+        response={"id": "x", "created": 1, "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]},
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}],
+        metadata={"tag": tag},
+        request_id="req_1",
+        stream=False,
+        incomplete=incomplete,
+        latency_ms=1.0,
+    )
+
+
+def test_rows_are_inputs_plus_the_answer_in_creation_order(store_engine: Engine) -> None:
+    project = uuid.uuid4().hex
+    save_completions(store_engine, [_record(project, f"q{i}", f"a{i}") for i in range(1203)])
+    rows = list(iter_training_rows(store_engine, project, metadata={}, model=None))
+    assert len(rows) == 1203  # more than two export pages
+    assert rows[7] == {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "q7"},
+            {"role": "assistant", "content": "a7"},
+        ]
+    }
+    assert [r["messages"][1]["content"] for r in rows] == [f"q{i}" for i in range(1203)]
+
+
+def test_incomplete_and_empty_answers_are_left_out_and_filters_apply(store_engine: Engine) -> None:
+    project = uuid.uuid4().hex
+    save_completions(
+        store_engine,
+        [
+            _record(project, "kept", "yes", tag="t"),
+            _record(project, "cut", "partial", incomplete=True, tag="t"),
+            _record(project, "empty", None, tag="t"),
+            _record(project, "other tag", "no", tag="u"),
+        ],
+    )
+    rows = list(iter_training_rows(store_engine, project, metadata={"tag": "t"}, model=None))
+    assert [r["messages"][1]["content"] for r in rows] == ["kept"]
+    assert list(iter_training_rows(store_engine, project, metadata={}, model="other")) == []
+
+
+def test_cli_export_writes_jsonl(store_engine: Engine, db_url: str, tmp_path: Path) -> None:
+    project = uuid.uuid4().hex
+    save_completions(store_engine, [_record(project, "q", "a", tag="x"), _record(project, "q2", "a2", tag="y")])
+    out = tmp_path / "train.jsonl"
+    result = CliRunner().invoke(
+        app, ["export", "-o", str(out), "-m", "tag=x", "--project", project, "--database-url", db_url]
+    )
+    assert result.exit_code == 0, result.output
+    lines = out.read_bytes().splitlines()
+    assert [orjson.loads(line)["messages"][-1]["content"] for line in lines] == ["a"]
+
+
+def test_cli_export_rejects_a_malformed_filter(db_url: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["export", "-o", str(tmp_path / "x.jsonl"), "-m", "novalue", "--database-url", db_url]
+    )
+    assert result.exit_code != 0
+    assert "key=value" in result.output
