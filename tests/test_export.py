@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -19,10 +20,11 @@ from stillroom.wire.ids import new_completion_id
 
 
 @pytest.fixture(scope="module")
-def store_engine(db_url: str) -> Engine:
+def store_engine(db_url: str) -> Iterator[Engine]:
     engine = make_engine(db_url)
     upgrade_database(engine)
-    return engine
+    yield engine
+    engine.dispose()
 
 
 def _record(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -16,6 +18,9 @@ from rich.table import Table
 from stillroom import __version__
 from stillroom.config import Settings
 from stillroom.errors import StillroomError
+
+if TYPE_CHECKING:
+    from stillroom.store.db import Engine
 
 app = typer.Typer(
     help="Stillroom: an OpenAI-compatible gateway that keeps your chat completions.",
@@ -55,6 +60,20 @@ def _configure_logging(level: str) -> None:
     handler.addFilter(RedactSecrets())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+@contextmanager
+def _database(database_url: str | None) -> Iterator[Engine]:
+    """The configured database, migrated to the current schema, closed afterwards."""
+    from stillroom.store.db import make_engine
+    from stillroom.store.migrate import upgrade_database
+
+    engine = make_engine(_settings(database_url=database_url).database_url)
+    try:
+        upgrade_database(engine)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _fail(exc: Exception, debug: bool) -> None:
@@ -100,12 +119,9 @@ def serve(
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseUrl = None, debug: Debug = False) -> None:
     """Apply pending migrations."""
-    from stillroom.store.db import make_engine
-    from stillroom.store.migrate import upgrade_database
-
     try:
-        settings = _settings(database_url=database_url)
-        upgrade_database(make_engine(settings.database_url))
+        with _database(database_url):
+            pass
     except Exception as exc:  # the CLI edge
         _fail(exc, debug)
     typer.echo("database is up to date")
@@ -115,11 +131,10 @@ def db_upgrade(database_url: DatabaseUrl = None, debug: Debug = False) -> None:
 def usage(database_url: DatabaseUrl = None, debug: Debug = False) -> None:
     """Bytes kept per project (completion rows plus shared message contents)."""
     from stillroom.store.completions import storage_usage
-    from stillroom.store.db import make_engine
 
     try:
-        settings = _settings(database_url=database_url)
-        totals = storage_usage(make_engine(settings.database_url))
+        with _database(database_url) as engine:
+            totals = storage_usage(engine)
     except Exception as exc:  # the CLI edge
         _fail(exc, debug)
         return
@@ -142,12 +157,14 @@ def export(
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from stillroom.export import iter_training_rows
-    from stillroom.store.db import make_engine
 
     try:
         pairs = dict(_pair(item) for item in metadata or [])
-        engine = make_engine(_settings(database_url=database_url).database_url)
-        with output.open("wb") as out, Progress(SpinnerColumn(), TextColumn("{task.completed:,} rows")) as bar:
+        with (
+            _database(database_url) as engine,
+            output.open("wb") as out,
+            Progress(SpinnerColumn(), TextColumn("{task.completed:,} rows")) as bar,
+        ):
             task = bar.add_task("export")
             for row in iter_training_rows(engine, project, metadata=pairs, model=model):
                 out.write(orjson.dumps(row) + b"\n")
