@@ -63,7 +63,7 @@ class HTTPProvider:
             headers[self._key_header] = f"Bearer {secret}" if self._key_header == "authorization" else secret
         return headers
 
-    def _post(self, body: dict[str, Any]) -> Any:
+    def _post(self, body: dict[str, Any]) -> Any:  # an aiohttp request context manager
         return self._session.post(
             self._url, params=self._params, data=orjson.dumps(body), headers=self._headers(), timeout=self._timeout
         )
@@ -71,7 +71,7 @@ class HTTPProvider:
     async def complete(self, body: dict[str, Any]) -> bytes:
         try:
             async with self._post(body) as response:
-                payload = await response.read()
+                payload: bytes = await response.read()
                 if response.status >= 400:
                     raise _upstream_error(response, payload)
                 return payload

@@ -119,8 +119,8 @@ _SAVE_SQL = (
 def save_completions(engine: Engine, records: Sequence[CompletionRecord]) -> None:
     """Write a batch of completions in one transaction (the group commit)."""
     contents: dict[tuple[str, str], list[Any]] = {}
-    rows = []
-    meta_rows = []
+    rows: list[tuple[Any, ...]] = []
+    meta_rows: list[tuple[str, str, str, str]] = []
     for record in records:
         digests = []
         for message in record.messages:
