@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, Engine, Select, and_, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from stillroom.store.db import raw_write_transaction, write_transaction
@@ -184,6 +184,18 @@ def list_completions(
     descending: bool,
 ) -> tuple[list[StoredCompletion], bool]:
     """One keyset page in id (= creation) order, and whether more follow."""
+    stmt = list_statement(
+        project_id, metadata=metadata, model=model, after=after, limit=limit + 1, descending=descending
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    return [_row_to_stored(r) for r in rows[:limit]], len(rows) > limit
+
+
+def list_statement(
+    project_id: str, *, metadata: dict[str, str], model: str | None, after: str | None, limit: int, descending: bool
+) -> Select[Any]:
+    """The list query (public so that tests can EXPLAIN it)."""
     c = completions
     stmt = select(*_COLUMNS).where(c.c.project_id == project_id)
     key = c.c.id
@@ -203,10 +215,7 @@ def list_completions(
         stmt = stmt.where(c.c.model == model)
     if after is not None:
         stmt = stmt.where(key < after if descending else key > after)
-    stmt = stmt.order_by(key.desc() if descending else key.asc()).limit(limit + 1)
-    with engine.connect() as conn:
-        rows = conn.execute(stmt).all()
-    return [_row_to_stored(r) for r in rows[:limit]], len(rows) > limit
+    return stmt.order_by(key.desc() if descending else key.asc()).limit(limit)
 
 
 def get_completion(engine: Engine, project_id: str, completion_id: str) -> StoredCompletion | None:
