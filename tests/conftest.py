@@ -112,15 +112,17 @@ def engine(server: LiveServer) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def client(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=GATEWAY_KEY, max_retries=0)
+def client(server: LiveServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=server.url + "/v1", api_key=GATEWAY_KEY, max_retries=0) as sdk:
+        yield sdk
 
 
 @pytest.fixture
-def azure_client(server: LiveServer) -> openai.AzureOpenAI:
-    return openai.AzureOpenAI(
+def azure_client(server: LiveServer) -> Iterator[openai.AzureOpenAI]:
+    with openai.AzureOpenAI(
         azure_endpoint=server.url, api_key=GATEWAY_KEY, api_version=AZURE_API_VERSION, max_retries=0
-    )
+    ) as sdk:
+        yield sdk
 
 
 @pytest.fixture

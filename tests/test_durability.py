@@ -47,6 +47,7 @@ def test_sigkill_loses_no_acknowledged_completion(db_url: str, tmp_path: Path) -
             server.kill()  # others are still in flight
             break
     pool.shutdown(wait=True, cancel_futures=True)
+    client.close()
 
     engine = make_engine(url)
     with engine.connect() as conn:
@@ -83,5 +84,6 @@ def test_failed_store_still_answers_and_says_so(db_url: str, tmp_path: Path) -> 
     raw = client.chat.completions.with_raw_response.create(**body)
     assert raw.headers["x-stillroom-stored"] == "true"
     assert client.chat.completions.retrieve(raw.parse().id).id == raw.parse().id
+    client.close()
     server.stop()
     assert "storing completion" in server.log()

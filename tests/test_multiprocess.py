@@ -52,6 +52,8 @@ def test_processes_sharing_postgres_see_each_others_completions(tmp_path: Path) 
         with psycopg.connect(url) as conn:
             # content shared across processes is stored once: 1 system + 4 distinct user messages
             assert conn.execute("SELECT count(*), sum(refs) FROM message_contents").fetchone() == (5, 48)
+        for client in clients:
+            client.close()
         for server in servers:
             server.stop()
     finally:

@@ -138,6 +138,7 @@ def test_azure_deployment_in_client_lists_under_deployment_path(server: LiveServ
         model="ignored-by-azure", messages=PROMPT, max_tokens=4, store=True, metadata={"tag": tag}
     )
     assert [c.id for c in pinned.chat.completions.list(metadata={"tag": tag}).data] == [answer.id]
+    pinned.close()
 
 
 def test_azure_v1_style_paths_work_with_the_plain_client(server: LiveServer, tag: str) -> None:
@@ -146,6 +147,7 @@ def test_azure_v1_style_paths_work_with_the_plain_client(server: LiveServer, tag
         model=LOCAL_MODEL, messages=PROMPT, max_tokens=4, store=True, metadata={"tag": tag}
     )
     assert [c.id for c in v1.chat.completions.list(metadata={"tag": tag}).data] == [answer.id]
+    v1.close()
 
 
 def test_models_lists_every_configured_model_on_both_paths(
@@ -162,6 +164,7 @@ def test_requests_without_the_server_key_are_refused(server: LiveServer) -> None
     with pytest.raises(openai.AuthenticationError) as info:
         anonymous.chat.completions.list()
     assert info.value.code == "invalid_api_key"
+    anonymous.close()
     assert httpx.get(server.url + "/v1/models").status_code == 401
     ok = httpx.get(server.url + "/openai/models?api-version=x", headers={"api-key": GATEWAY_KEY})
     assert ok.status_code == 200

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import openai
 import pytest
 from sqlalchemy import Engine
@@ -49,6 +52,7 @@ def test_store_and_metadata_are_not_forwarded_upstream(client: openai.OpenAI, up
     client.chat.completions.create(model="relay", messages=PROMPT, max_tokens=1, store=True, metadata={"tag": tag})
     direct = openai.OpenAI(base_url=upstream.url + "/v1", api_key=UPSTREAM_KEY, max_retries=0)
     assert direct.chat.completions.list(metadata={"tag": tag}).data == []
+    direct.close()
 
 
 def test_upstream_error_is_relayed_and_nothing_stored(
@@ -86,3 +90,50 @@ def test_upstream_key_is_never_stored_or_logged(
     assert UPSTREAM_KEY not in dump and GATEWAY_KEY not in dump
     assert UPSTREAM_KEY not in server.log() and GATEWAY_KEY not in server.log()
     assert UPSTREAM_KEY not in upstream.log()
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_pass_through_and_are_stored_assembled(client: openai.OpenAI, tag: str, stream: bool) -> None:
+    """tools/tool_choice reach the real model (SmolLM2 via the upstream Stillroom), which must call the tool."""
+    arguments: dict[str, Any] = {
+        "model": "relay",
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "max_tokens": 40,
+        "temperature": 0,
+        "store": True,
+        "metadata": {"tag": tag},
+    }
+    if stream:
+        chunks = list(client.chat.completions.create(**arguments, stream=True))
+        completion_id = chunks[0].id
+        sent = "".join(
+            call.function.arguments or ""
+            for chunk in chunks
+            if chunk.choices
+            for call in chunk.choices[0].delta.tool_calls or []
+            if call.function
+        )
+    else:
+        answer = client.chat.completions.create(**arguments)
+        completion_id = answer.id
+        assert answer.choices[0].message.tool_calls
+        sent = answer.choices[0].message.tool_calls[0].function.arguments  # type: ignore[union-attr]
+    stored = client.chat.completions.retrieve(completion_id)
+    calls = stored.choices[0].message.tool_calls or []
+    assert len(calls) == 1
+    assert calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert calls[0].function.arguments == sent  # type: ignore[union-attr]
+    assert "city" in json.loads(sent)
+    assert stored.choices[0].finish_reason == "tool_calls"
+    assert (stored.model_extra or {})["tools"] == [WEATHER_TOOL]

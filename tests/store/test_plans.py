@@ -38,12 +38,13 @@ def _plan(engine: Engine, **query: object) -> str:
         ({"metadata": {"tag": "x", "user": "u"}, "after": "chatcmpl-0"}, "ix_completion_metadata_lookup"),
         ({"metadata": {"tag": "x"}, "descending": True}, "ix_completion_metadata_lookup"),
         ({"model": "gpt-4o"}, "ix_completions_project_model_id"),
-        ({}, "ix_completions_project_id"),
+        # Unfiltered, the planner may walk the (project, id) index or the id primary key: both read in id order.
+        ({}, "ix_completions_project_id|completions_pkey"),
     ],
 )
 def test_list_filters_use_their_index(plan_engine: Engine, query: dict[str, object], index: str) -> None:
     plan = _plan(plan_engine, **query)
-    assert index in plan, plan
+    assert any(name in plan for name in index.split("|")), plan
     if plan_engine.dialect.name == "sqlite":
         assert "SCAN completions" not in plan and "USE TEMP B-TREE FOR ORDER BY" not in plan, plan
     else:

@@ -331,3 +331,15 @@ def test_store_message_keeps_tool_fields_only_when_present() -> None:
     assert tool["tool_call_id"] == "call_1"
     assert "tool_calls" not in tool
     assert "refusal" not in tool
+
+
+def test_a_function_name_repeated_in_every_delta_is_kept_once() -> None:
+    """llama-cpp-python repeats the tool call's name (and id) in every delta; OpenAI sends it once."""
+    assembler = StreamAssembler()
+    for piece in ['{"ci', 'ty": ', '"Paris"}']:
+        call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": piece}}
+        delta = {"tool_calls": [call], "function_call": {"name": "get_weather", "arguments": piece}}
+        assembler.add({"id": "c", "choices": [{"index": 0, "delta": delta}]})
+    message = assembler.result()["choices"][0]["message"]
+    assert message["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert message["function_call"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}

@@ -76,7 +76,7 @@ class _ChoiceState:
             self._add_tool_call(call)
         if delta.get("function_call"):
             fc = self.function_call or {"name": "", "arguments": ""}
-            fc["name"] += delta["function_call"].get("name") or ""
+            fc["name"] = _joined_name(fc["name"], delta["function_call"].get("name"))
             fc["arguments"] += delta["function_call"].get("arguments") or ""
             self.function_call = fc
         logprobs = choice.get("logprobs")
@@ -99,7 +99,7 @@ class _ChoiceState:
         if call.get("type"):
             slot["type"] = call["type"]
         function = call.get("function") or {}
-        slot["function"]["name"] += function.get("name") or ""
+        slot["function"]["name"] = _joined_name(slot["function"]["name"], function.get("name"))
         slot["function"]["arguments"] += function.get("arguments") or ""
 
     def result(self) -> dict[str, Any]:
@@ -118,6 +118,14 @@ class _ChoiceState:
             "finish_reason": self.finish_reason,
             "logprobs": self.logprobs,
         }
+
+
+def _joined_name(so_far: str, piece: str | None) -> str:
+    """OpenAI sends a function name once, in the first delta; some servers (llama-cpp-python) repeat it
+    in every delta. A piece that repeats the whole name so far is not appended again."""
+    if not piece or piece == so_far:
+        return so_far
+    return so_far + piece
 
 
 def render_stored_completion(
