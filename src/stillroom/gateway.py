@@ -105,7 +105,7 @@ class Gateway:
                 # Broken or abandoned: keep what arrived, marked incomplete. No waiting here: the
                 # client is gone or already has its error.
                 completion = _assembled(assembler, completion_id)
-                self._commits.submit(
+                self._commits.enqueue(
                     _record(request, principal, model, provider_kind, completion, request_id, started, True)
                 )
         if not finished:
@@ -120,9 +120,7 @@ class Gateway:
     async def _commit(self, record: CompletionRecord) -> bool:
         """Wait until the record is durably committed; False (logged, counted) if storing failed."""
         try:
-            await asyncio.wait_for(
-                asyncio.shield(asyncio.wrap_future(self._commits.submit(record))), self._store_timeout
-            )
+            await self._commits.commit(record, self._store_timeout)
         except TimeoutError:
             log.error("storing completion %s did not confirm within %.1fs", record.id, self._store_timeout)
             return False

@@ -3,6 +3,7 @@ messages, metadata updates, deletes, and the group-commit queue."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import threading
@@ -627,7 +628,7 @@ def gated(engine: Engine) -> GatedEngine:
 
 @pytest.fixture
 def held_queue(gated: GatedEngine) -> Iterator[CommitQueue]:
-    queue = CommitQueue(gated, batch_size=16)  # type: ignore[arg-type]
+    queue = CommitQueue(gated, batch_size=16, inline=False)  # type: ignore[arg-type]
     yield queue
     gated.open()
     queue.close()
@@ -642,7 +643,7 @@ def hold(queue: CommitQueue, gated: GatedEngine, project: str) -> tuple[Completi
 
 
 def test_commit_queue_commits_records_submitted_from_many_threads(engine: Engine, project: str) -> None:
-    queue = CommitQueue(engine, batch_size=32)
+    queue = CommitQueue(engine, batch_size=32, inline=False)
     per_thread = 50
     futures: list[list[tuple[str, Future[None]]]] = [[] for _ in range(6)]
     start = threading.Barrier(len(futures))
@@ -729,7 +730,7 @@ def test_a_failing_record_fails_alone_and_the_rest_of_its_batch_commits(
 
 
 def test_close_writes_everything_already_queued(engine: Engine, project: str) -> None:
-    queue = CommitQueue(engine, batch_size=8)
+    queue = CommitQueue(engine, batch_size=8, inline=False)
     recs = [record(project) for _ in range(40)]
     futures = [queue.submit(r) for r in recs]
     queue.close(WAIT)
@@ -768,3 +769,47 @@ def test_a_cancelled_wait_on_a_failing_record_does_not_stop_the_commit_thread(
     assert held_queue.submit(later).result(WAIT) is None
     assert held_queue.failed == 1
     assert held_queue.committed == 2
+
+
+def test_inline_commits_of_one_loop_iteration_share_one_batch(engine: Engine, project: str) -> None:
+    """Inline mode (SQLite's default): completions finishing in the same event-loop iteration are
+    committed together at its end, and every waiter resumes once its row is in the database."""
+    queue = CommitQueue(engine, inline=True)
+    recs = [record(project) for _ in range(25)]
+
+    async def main() -> None:
+        await asyncio.gather(*(queue.commit(r, timeout=WAIT) for r in recs))
+        assert ids(list_all(engine, project)) == [r.id for r in recs]
+
+    asyncio.run(main())
+    assert (queue.batches, queue.committed, queue.failed) == (1, 25, 0)
+
+
+def test_inline_failure_reaches_only_its_caller(engine: Engine, project: str) -> None:
+    queue = CommitQueue(engine, inline=True)
+    first = record(project)
+    save_completions(engine, [first])
+    duplicate, fresh = record(project, cid=first.id), record(project)
+
+    async def main() -> list[BaseException | None]:
+        return await asyncio.gather(
+            queue.commit(duplicate, timeout=WAIT), queue.commit(fresh, timeout=WAIT), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(main())
+    assert isinstance(outcomes[0], IntegrityError) and outcomes[1] is None
+    assert get_completion(engine, project, fresh.id) is not None
+    assert (queue.committed, queue.failed) == (1, 1)
+
+
+def test_inline_enqueue_stores_without_a_waiter_and_close_flushes(engine: Engine, project: str) -> None:
+    queue = CommitQueue(engine, inline=True)
+    recs = [record(project) for _ in range(3)]
+
+    async def main() -> None:
+        for r in recs:
+            queue.enqueue(r)
+        queue.close()  # e.g. shutdown before the loop got round to it
+
+    asyncio.run(main())
+    assert ids(list_all(engine, project)) == [r.id for r in recs]

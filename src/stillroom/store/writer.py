@@ -1,12 +1,19 @@
-"""Group commit: one thread writes queued completions in batches, one transaction per batch.
+"""Group commit: completions are written in batches, one transaction per batch.
 
-Callers get a future that resolves once their completion is committed. Under load, every completion
-that arrives while a batch is being written joins the next one, so durability costs one commit per
-batch rather than one per completion.
+Every completion that arrives while a batch is being written joins the next one, so durability costs one
+commit per batch rather than one per completion. Two ways to run it, chosen by the database:
+
+- inline (SQLite): completions that finish in the same event-loop iteration are committed together at the
+  end of it, on the loop itself. A SQLite commit in WAL mode takes tens of microseconds, less than the two
+  thread wake-ups a writer thread would cost each request.
+- thread (PostgreSQL): one writer thread, since a commit waits on the server and the network.
+
+Callers wait with `commit(record)`; `enqueue(record)` stores without waiting (for streams that broke off).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import queue
@@ -20,28 +27,64 @@ from stillroom.store.completions import CompletionRecord, save_completions
 log = logging.getLogger("stillroom.store")
 
 _STOP = object()
+_Waiter = Future[None] | asyncio.Future[None] | None
 
 
 class CommitQueue:
-    def __init__(self, engine: Engine, *, batch_size: int = 512) -> None:
+    def __init__(self, engine: Engine, *, batch_size: int = 512, inline: bool | None = None) -> None:
         self._engine = engine
         self._batch_size = batch_size
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.inline = engine.dialect.name == "sqlite" if inline is None else inline
         self.committed = 0
         self.failed = 0
         self.batches = 0
-        self._thread = threading.Thread(target=self._run, name="stillroom-commit", daemon=True)
-        self._thread.start()
+        self._pending: list[tuple[CompletionRecord, _Waiter]] = []
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        if not self.inline:
+            self._thread = threading.Thread(target=self._run, name="stillroom-commit", daemon=True)
+            self._thread.start()
+
+    async def commit(self, record: CompletionRecord, timeout: float) -> None:
+        """Return once `record` is committed; raise what storing raised, or TimeoutError."""
+        if not self.inline:
+            await asyncio.wait_for(asyncio.wrap_future(self.submit(record)), timeout)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._add(record, future)
+        await future  # inline commits block the loop, so there is nothing a timeout could interrupt
+
+    def enqueue(self, record: CompletionRecord) -> None:
+        """Store without waiting for the outcome (failures are still logged and counted)."""
+        if self.inline:
+            self._add(record, None)
+        else:
+            self.submit(record)
 
     def submit(self, record: CompletionRecord) -> Future[None]:
+        """Thread mode: queue `record`; the future resolves once it is committed."""
         future: Future[None] = Future()
         self._queue.put((record, future))
         return future
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write what is queued, then stop the thread."""
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+        """Write what is queued, then stop."""
+        while self._pending:
+            self._flush()
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+
+    def _add(self, record: CompletionRecord, waiter: _Waiter) -> None:
+        self._pending.append((record, waiter))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending[: self._batch_size], self._pending[self._batch_size :]
+        if self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._write(batch)
 
     def _run(self) -> None:
         while True:
@@ -63,10 +106,10 @@ class CommitQueue:
             if stop:
                 return
 
-    def _write(self, batch: list[tuple[CompletionRecord, Future[None]]]) -> None:
+    def _write(self, batch: list[tuple[CompletionRecord, _Waiter]]) -> None:
         try:
             save_completions(self._engine, [record for record, _ in batch])
-        except Exception as exc:  # the edge of the writer thread: log, count, report to each caller
+        except Exception as exc:  # the edge of the writer: log, count, report to each caller
             if len(batch) > 1:  # one bad record must not sink the others
                 for entry in batch:
                     self._write([entry])
@@ -77,15 +120,17 @@ class CommitQueue:
             return
         self.batches += 1
         self.committed += len(batch)
-        for _, future in batch:
-            _settle(future, None)
+        for _, waiter in batch:
+            _settle(waiter, None)
 
 
-def _settle(future: Future[None], exc: Exception | None) -> None:
-    """Report to the caller, unless it stopped waiting: a timed-out `asyncio.wait_for(wrap_future(...))`
-    cancels the future, and resolving a cancelled future raises, which would kill the commit thread."""
-    with contextlib.suppress(InvalidStateError):
+def _settle(waiter: _Waiter, exc: Exception | None) -> None:
+    """Report to the caller, unless it stopped waiting: a timed-out or abandoned wait cancels the future,
+    and resolving a cancelled future raises, which would kill the writer."""
+    if waiter is None:
+        return
+    with contextlib.suppress(InvalidStateError, asyncio.InvalidStateError):
         if exc is None:
-            future.set_result(None)
+            waiter.set_result(None)
         else:
-            future.set_exception(exc)
+            waiter.set_exception(exc)
