@@ -40,6 +40,9 @@ def list_stored_completions(
     descending: bool,
 ) -> dict[str, Any]:
     validate_metadata(metadata)
+    for param, value in (("after", after), ("model", model)):
+        if value is not None and "\x00" in value:
+            raise BadRequestError(f"Invalid '{param}': NUL characters are not allowed.", param=param)
     rows, has_more = store.list_completions(
         engine, project_id, metadata=metadata, model=model, after=after, limit=limit, descending=descending
     )
@@ -47,6 +50,7 @@ def list_stored_completions(
 
 
 def get_stored_completion(engine: Engine, project_id: str, completion_id: str) -> dict[str, Any]:
+    _check_id(completion_id)
     row = store.get_completion(engine, project_id, completion_id)
     if row is None:
         raise _not_found(completion_id)
@@ -56,6 +60,7 @@ def get_stored_completion(engine: Engine, project_id: str, completion_id: str) -
 def list_stored_messages(
     engine: Engine, project_id: str, completion_id: str, *, after: str | None, limit: int, descending: bool
 ) -> dict[str, Any]:
+    _check_id(completion_id)
     messages = store.get_messages(engine, project_id, completion_id)
     if messages is None:
         raise _not_found(completion_id)
@@ -74,6 +79,7 @@ def update_stored_completion(
     engine: Engine, project_id: str, completion_id: str, body: dict[str, Any]
 ) -> dict[str, Any]:
     """Merge the given pairs into the stored metadata (as Azure documents); `null` clears it."""
+    _check_id(completion_id)
     if "metadata" not in body:
         raise BadRequestError("Missing required parameter: 'metadata'.", param="metadata")
     changes = validate_metadata(body["metadata"])
@@ -92,6 +98,7 @@ def update_stored_completion(
 
 
 def delete_stored_completion(engine: Engine, project_id: str, completion_id: str) -> dict[str, Any]:
+    _check_id(completion_id)
     if not store.delete_completion(engine, project_id, completion_id):
         raise _not_found(completion_id)
     return {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
@@ -120,3 +127,9 @@ def _page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 
 def _not_found(completion_id: str) -> NotFoundError:
     return NotFoundError(f"No chat completion found with id '{completion_id}'.", param="completion_id")
+
+
+def _check_id(completion_id: str) -> None:
+    """No stored id holds a NUL, and PostgreSQL cannot even compare one: answer 404 before asking."""
+    if "\x00" in completion_id:
+        raise _not_found(completion_id)

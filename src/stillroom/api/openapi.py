@@ -57,9 +57,12 @@ _CREATE_BODY = {
         "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
         "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
         "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 128},
-        "max_tokens": {"type": ["integer", "null"], "minimum": 1},
-        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
-        "seed": {"type": ["integer", "null"]},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**31},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**31},
+        "seed": {"type": ["integer", "null"], "minimum": -(2**63), "maximum": 2**63 - 1},
+        "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
+        "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+        "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
         "stop": {"type": ["string", "array", "null"]},
         "tools": {"type": ["array", "null"]},
         "tool_choice": {"type": ["string", "object", "null"]},
@@ -72,11 +75,25 @@ def _error_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
 
 
+# What FastAPI's routes really answer besides 200 (never its default 422: errors are OpenAI's 400).
+_ROUTE_ERRORS = {
+    "400": _error_response("Invalid request"),
+    "401": _error_response("Missing or wrong API key"),
+    "404": _error_response("No such completion or model"),
+}
+_PARAMETER_SCHEMAS = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+    "order": {"type": "string", "enum": ["asc", "desc"]},
+}
+
+
 def _create_operation(operation_id: str, deployment: bool) -> dict[str, Any]:
+    # On a deployment's URL the deployment names the model; the body need not.
+    body = {**_CREATE_BODY, "required": ["messages"]} if deployment else _CREATE_BODY
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": "Create a chat completion (stored when `store` is true)",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _CREATE_BODY}}},
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
         "responses": {
             "200": {
                 "description": "A chat.completion, or an SSE stream of chat.completion.chunk when `stream` is true",
@@ -99,6 +116,15 @@ def install_openapi(app: FastAPI, prefixes: tuple[str, ...]) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation["responses"].pop("422", None)
+                    operation["responses"].update(_ROUTE_ERRORS)
+                    for parameter in operation.get("parameters", ()):
+                        if parameter["name"] in _PARAMETER_SCHEMAS:
+                            parameter["schema"] = _PARAMETER_SCHEMAS[parameter["name"]]
+            schema.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
+            schema.get("components", {}).get("schemas", {}).pop("ValidationError", None)
             for prefix in prefixes:
                 name = "create_chat_completion" + prefix.replace("/", "_")
                 path = schema["paths"].setdefault(f"{prefix}/chat/completions", {})

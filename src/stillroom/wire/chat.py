@@ -97,6 +97,8 @@ def validate_metadata(value: Any, param: str = "metadata") -> dict[str, str] | N
             param=param,
         )
     for key, item in value.items():
+        if "\x00" in key or (isinstance(item, str) and "\x00" in item):
+            raise BadRequestError(f"Invalid '{param}.{key}': NUL characters are not allowed.", param=f"{param}.{key}")
         if len(key) > MAX_METADATA_KEY:
             raise BadRequestError(
                 f"Invalid '{param}': key {key[:20]!r}... is longer than {MAX_METADATA_KEY} characters.",
