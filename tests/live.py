@@ -1,4 +1,5 @@
-"""Real `stillroom serve` processes for tests and benchmarks: started, health-checked, stopped."""
+"""Real `stillroom serve` processes, and the named fake upstream, for tests and benchmarks: started,
+health-checked, stopped."""
 
 from __future__ import annotations
 
@@ -83,3 +84,56 @@ def start_server(
         time.sleep(0.1)
     server.kill()
     raise RuntimeError(f"{name} did not start:\n{server.log()}")
+
+
+@dataclass
+class FakeUpstream:
+    url: str  # the base URL a model's `base_url` names: http://127.0.0.1:P/v1
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_fake_upstream(log_path: Path) -> FakeUpstream:
+    """`python -m tests.fake_upstream` on a free port, returned once it accepts connections."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.fake_upstream", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"fake upstream exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return FakeUpstream(f"http://127.0.0.1:{port}/v1", process)
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise RuntimeError("fake upstream did not start")
+
+
+def fake_models_config(upstream_url: str, models: dict[str, tuple[str, float | None]]) -> str:
+    """A TOML model list: gateway name -> (fake upstream model name, timeout or None for the default)."""
+    entries = []
+    for name, (upstream_model, timeout) in models.items():
+        entry = (
+            f'[[models]]\nname = "{name}"\nprovider = "openai"\nbase_url = "{upstream_url}"\n'
+            f'upstream_model = "{upstream_model}"\n'
+        )
+        if timeout is not None:
+            entry += f"timeout = {timeout}\n"
+        entries.append(entry)
+    return "\n".join(entries)

@@ -7,15 +7,10 @@ fault names, so every failure here is a real one on a real socket.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -27,69 +22,12 @@ from stillroom.store.completions import count_rows
 from stillroom.store.db import make_engine
 from tests.envelope import assert_openai_error
 from tests.fake_upstream import ANSWER
-from tests.live import LiveServer, free_port, start_server
+from tests.live import FakeUpstream, LiveServer, fake_models_config, start_fake_upstream, start_server
 
-REPO = Path(__file__).resolve().parent.parent
 FAULT_KEY = "sk-test-faults-0123456789"
 MODEL_TIMEOUT = 0.5
 PROMPT = [{"role": "user", "content": "Say something."}]
 T = TypeVar("T")
-
-
-# --- the fake upstream and a gateway in front of it (also used by tests/test_openapi_fuzz.py and bench/) ---
-
-
-@dataclass
-class FakeUpstream:
-    url: str  # the base URL a model's `base_url` names: http://127.0.0.1:P/v1
-    process: subprocess.Popen[bytes]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_fake_upstream(log_path: Path) -> FakeUpstream:
-    """`python -m tests.fake_upstream` on a free port, returned once it accepts connections."""
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_upstream", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"fake upstream exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return FakeUpstream(f"http://127.0.0.1:{port}/v1", process)
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    process.wait()
-    raise RuntimeError("fake upstream did not start")
-
-
-def fake_models_config(upstream_url: str, models: dict[str, tuple[str, float | None]]) -> str:
-    """A TOML model list: gateway name -> (fake upstream model name, timeout or None for the default)."""
-    entries = []
-    for name, (upstream_model, timeout) in models.items():
-        entry = (
-            f'[[models]]\nname = "{name}"\nprovider = "openai"\nbase_url = "{upstream_url}"\n'
-            f'upstream_model = "{upstream_model}"\n'
-        )
-        if timeout is not None:
-            entry += f"timeout = {timeout}\n"
-        entries.append(entry)
-    return "\n".join(entries)
 
 
 # --- fixtures ---

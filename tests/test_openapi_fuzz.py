@@ -39,8 +39,7 @@ from schemathesis.specs.openapi.checks import (
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from tests.envelope import assert_openai_error
-from tests.live import LiveServer, start_server
-from tests.test_faults import FakeUpstream, fake_models_config, start_fake_upstream
+from tests.live import FakeUpstream, LiveServer, fake_models_config, start_fake_upstream, start_server
 
 FUZZ_KEY = "sk-test-fuzz-0123456789"
 # Every name points at the fake's canned answer; none runs a model.
