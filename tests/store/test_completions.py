@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from stillroom.store.completions import (
     CompletionRecord,
     StoredCompletion,
+    _rarest_first,
     delete_completion,
     get_completion,
     get_messages,
@@ -813,3 +814,15 @@ def test_inline_enqueue_stores_without_a_waiter_and_close_flushes(engine: Engine
 
     asyncio.run(main())
     assert ids(list_all(engine, project)) == [r.id for r in recs]
+
+
+def test_the_rarest_metadata_pair_drives_a_two_pair_filter(engine: Engine, project: str) -> None:
+    """A common pair first (alphabetically) and a rare one: the rare pair must lead, or a page would walk
+    every completion carrying the common one."""
+    recs = [record(project, metadata={"app": "main", "user": "u1" if i % 10 == 0 else f"x{i}"}) for i in range(60)]
+    save_completions(engine, recs)
+    with engine.connect() as conn:
+        assert _rarest_first(conn, project, {"app": "main", "user": "u1"}) == [("user", "u1"), ("app", "main")]
+        assert _rarest_first(conn, project, {"app": "main", "user": "nobody"}) is None
+    assert ids(list_all(engine, project, metadata={"app": "main", "user": "u1"})) == [r.id for r in recs[::10]]
+    assert list_all(engine, project, metadata={"app": "main", "user": "nobody"}) == []

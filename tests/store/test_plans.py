@@ -49,7 +49,7 @@ def plan_engine(db_url: str) -> Iterator[Engine]:
 
 
 def _plan(engine: Engine, **query: object) -> str:
-    arguments = {"metadata": {}, "model": None, "after": None, "limit": 21, "descending": False} | query
+    arguments = {"metadata": [], "model": None, "after": None, "limit": 21, "descending": False} | query
     stmt = list_statement(PROJECT, **arguments)  # type: ignore[arg-type]
     sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
     explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
@@ -60,9 +60,9 @@ def _plan(engine: Engine, **query: object) -> str:
 @pytest.mark.parametrize(
     ("query", "index"),
     [
-        ({"metadata": {"tag": "t7"}}, "ix_completion_metadata_lookup"),
-        ({"metadata": {"user": "u9", "tag": "t9"}, "after": "chatcmpl-0"}, "ix_completion_metadata_lookup"),
-        ({"metadata": {"tag": "t7"}, "descending": True}, "ix_completion_metadata_lookup"),
+        ({"metadata": [("tag", "t7")]}, "ix_completion_metadata_lookup"),
+        ({"metadata": [("user", "u9"), ("tag", "t9")], "after": "chatcmpl-0"}, "ix_completion_metadata_lookup"),
+        ({"metadata": [("tag", "t7")], "descending": True}, "ix_completion_metadata_lookup"),
         ({"model": "rare"}, "ix_completions_project_model_id"),
         # Unfiltered, the planner may walk the (project, id) index or the id primary key: both read in id order.
         ({}, "ix_completions_project_id|completions_pkey|sqlite_autoindex_completions_1"),

@@ -184,22 +184,52 @@ def list_completions(
     descending: bool,
 ) -> tuple[list[StoredCompletion], bool]:
     """One keyset page in id (= creation) order, and whether more follow."""
-    stmt = list_statement(
-        project_id, metadata=metadata, model=model, after=after, limit=limit + 1, descending=descending
-    )
     with engine.connect() as conn:
+        pairs = _rarest_first(conn, project_id, metadata) if len(metadata) > 1 else list(metadata.items())
+        if pairs is None:
+            return [], False
+        stmt = list_statement(
+            project_id, metadata=pairs, model=model, after=after, limit=limit + 1, descending=descending
+        )
         rows = conn.execute(stmt).all()
     return [_row_to_stored(r) for r in rows[:limit]], len(rows) > limit
 
 
+_SELECTIVITY_PROBE = 1000
+
+
+def _rarest_first(conn: Connection, project_id: str, metadata: dict[str, str]) -> list[tuple[str, str]] | None:
+    """Order filter pairs by how many completions carry each (counted up to a cap, on the index), so the
+    rarest pair drives the query. None when some pair matches nothing at all."""
+    m = completion_metadata.c
+    counts = {}
+    for pair in metadata.items():
+        sample = (
+            select(m.completion_id)
+            .where(m.project_id == project_id, m.key == pair[0], m.value == pair[1])
+            .limit(_SELECTIVITY_PROBE)
+            .subquery()
+        )
+        counts[pair] = conn.execute(select(func.count()).select_from(sample)).scalar() or 0
+    if min(counts.values()) == 0:
+        return None
+    return sorted(counts, key=lambda pair: counts[pair])
+
+
 def list_statement(
-    project_id: str, *, metadata: dict[str, str], model: str | None, after: str | None, limit: int, descending: bool
+    project_id: str,
+    *,
+    metadata: list[tuple[str, str]],
+    model: str | None,
+    after: str | None,
+    limit: int,
+    descending: bool,
 ) -> Select[Any]:
-    """The list query (public so that tests can EXPLAIN it)."""
+    """The list query (public so that tests can EXPLAIN it). The first metadata pair drives it."""
     c = completions
     stmt = select(*_COLUMNS).where(c.c.project_id == project_id)
     key = c.c.id
-    pairs = sorted(metadata.items())
+    pairs = metadata
     if pairs:
         # The first pair drives the query through its (project, key, value, id) index, in id order.
         first = completion_metadata.alias("m0")
