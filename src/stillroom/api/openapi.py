@@ -34,6 +34,9 @@ _METADATA = {
 _CREATE_BODY = {
     "type": "object",
     "required": ["model", "messages"],
+    # stream_options is only allowed with stream: true
+    "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+    "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
     "additionalProperties": True,
     "properties": {
         "model": {"type": "string", "minLength": 1},

@@ -154,6 +154,8 @@ def _check_fields(body: dict[str, Any]) -> None:
         value = body.get(name)
         if value is None:
             continue
+        if isinstance(value, float) and value.is_integer():
+            value = body[name] = int(value)  # JSON has one number type: 3.0 is the integer 3
         if isinstance(value, bool) or not isinstance(value, int):
             raise BadRequestError(f"Invalid type for '{name}': expected an integer.", param=name)
         if not ilow <= value <= ihigh:
