@@ -240,7 +240,16 @@ def list_statement(
         key = first.c.completion_id
         for i, (k, v) in enumerate(pairs[1:], start=1):
             m = completion_metadata.alias(f"m{i}")
-            stmt = stmt.where(exists().where(m.c.completion_id == c.c.id, m.c.key == k, m.c.value == v))
+            # project_id lets PostgreSQL probe the lookup index; correlating on the driving pair's id keeps
+            # the probe on the index it is already walking.
+            stmt = stmt.where(
+                exists().where(
+                    m.c.project_id == project_id,
+                    m.c.key == k,
+                    m.c.value == v,
+                    m.c.completion_id == first.c.completion_id,
+                )
+            )
     if model is not None:
         stmt = stmt.where(c.c.model == model)
     if after is not None:
