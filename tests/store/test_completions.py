@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -32,7 +33,7 @@ from stillroom.store.completions import (
 from stillroom.store.db import make_engine
 from stillroom.store.migrate import upgrade_database
 from stillroom.store.tables import completion_metadata, completions, message_contents
-from stillroom.store.writer import CommitQueue
+from stillroom.store.writer import CHECKPOINT_EVERY, CommitQueue
 from stillroom.wire.ids import new_completion_id
 
 WAIT = 30.0  # seconds; an upper bound for waits that normally end at once
@@ -826,3 +827,28 @@ def test_the_rarest_metadata_pair_drives_a_two_pair_filter(engine: Engine, proje
         assert _rarest_first(conn, project, {"app": "main", "user": "nobody"}) is None
     assert ids(list_all(engine, project, metadata={"app": "main", "user": "u1"})) == [r.id for r in recs[::10]]
     assert list_all(engine, project, metadata={"app": "main", "user": "nobody"}) == []
+
+
+def test_inline_queue_checkpoints_the_wal_off_the_loop(tmp_path: Path) -> None:
+    """SQLite only (the WAL is SQLite's): auto-checkpoints are off, so the commit queue must checkpoint, or
+    the log would grow with every commit. After three checkpoint periods the WAL is no longer than it was
+    after the first (the log is reused once checkpointed)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'wal.db'}")
+    upgrade_database(engine)
+    queue = CommitQueue(engine, inline=True)
+    wal = tmp_path / "wal.db-wal"
+    sizes = []
+
+    async def main() -> None:
+        for _ in range(3):
+            for _ in range(CHECKPOINT_EVERY):
+                await queue.commit(record("wal"), timeout=WAIT)
+            assert queue._checkpoint is not None
+            await queue._checkpoint
+            sizes.append(wal.stat().st_size)
+
+    asyncio.run(main())
+    queue.close()
+    engine.dispose()
+    assert queue.committed == 3 * CHECKPOINT_EVERY
+    assert sizes[2] <= sizes[0] * 1.2, sizes

@@ -40,6 +40,9 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int 
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
+        # No checkpoint inside a commit (it would stall the event loop that commits inline): the commit
+        # queue runs passive checkpoints on a worker thread instead (checkpoint_wal).
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
@@ -86,3 +89,10 @@ def raw_write_transaction(engine: Engine) -> Iterator[Any]:
         cursor.close()
     finally:
         connection.close()
+
+
+def checkpoint_wal(engine: Engine) -> None:
+    """Copy SQLite's write-ahead log back into the database without blocking writers (PASSIVE)."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")

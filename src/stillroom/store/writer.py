@@ -5,7 +5,8 @@ commit per batch rather than one per completion. Two ways to run it, chosen by t
 
 - inline (SQLite): completions that finish in the same event-loop iteration are committed together at the
   end of it, on the loop itself. A SQLite commit in WAL mode takes tens of microseconds, less than the two
-  thread wake-ups a writer thread would cost each request.
+  thread wake-ups a writer thread would cost each request. The WAL is checkpointed every
+  `CHECKPOINT_EVERY` batches on a worker thread, never inside a commit.
 - thread (PostgreSQL): one writer thread, since a commit waits on the server and the network.
 
 Callers wait with `commit(record)`; `enqueue(record)` stores without waiting (for streams that broke off).
@@ -23,10 +24,12 @@ from concurrent.futures import Future, InvalidStateError
 from sqlalchemy import Engine
 
 from stillroom.store.completions import CompletionRecord, save_completions
+from stillroom.store.db import checkpoint_wal
 
 log = logging.getLogger("stillroom.store")
 
 _STOP = object()
+CHECKPOINT_EVERY = 100  # inline batches between WAL checkpoints (a few MB of WAL)
 _Waiter = Future[None] | asyncio.Future[None] | None
 
 
@@ -39,6 +42,8 @@ class CommitQueue:
         self.failed = 0
         self.batches = 0
         self._pending: list[tuple[CompletionRecord, _Waiter]] = []
+        self._since_checkpoint = 0
+        self._checkpoint: asyncio.Future[None] | None = None
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         if not self.inline:
@@ -70,7 +75,10 @@ class CommitQueue:
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued, then stop."""
         while self._pending:
-            self._flush()
+            batch, self._pending = self._pending[: self._batch_size], self._pending[self._batch_size :]
+            self._write(batch)
+        if self.inline:
+            self._run_checkpoint()
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout)
@@ -81,10 +89,21 @@ class CommitQueue:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         batch, self._pending = self._pending[: self._batch_size], self._pending[self._batch_size :]
         if self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._write(batch)
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY and (self._checkpoint is None or self._checkpoint.done()):
+            self._since_checkpoint = 0
+            self._checkpoint = loop.run_in_executor(None, self._run_checkpoint)
+
+    def _run_checkpoint(self) -> None:
+        try:
+            checkpoint_wal(self._engine)
+        except Exception as exc:  # the edge of a worker thread: a failed checkpoint is retried next time
+            log.warning("WAL checkpoint failed: %s", exc)
 
     def _run(self) -> None:
         while True:
