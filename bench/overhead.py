@@ -684,6 +684,16 @@ def markdown(results: dict[str, Any], stem: str = "overhead") -> str:
         else ""
     )
     flag = " --cpu-idle-poll" if cfg.get("cpu_idle_poll") else ""
+    direct = [
+        (float(rate), e["target_cpu_ms_per_request"])
+        for rate, row in results["fixed_rate"].items()
+        if (e := row.get("direct")) and e.get("target_cpu_ms_per_request") is not None
+    ]
+    direct_cpu = (
+        f" (direct: {min(direct)[1]:.2f} ms at {min(direct)[0]:g}/s, {max(direct)[1]:.2f} ms at {max(direct)[0]:g}/s)"
+        if len(direct) > 1
+        else ""
+    )
     git = env["git_commit"][:10] + (" with uncommitted changes in src/" if env["git_dirty"] else "")
     checks = "\n".join(
         f"- **{'PASS' if c['pass'] else 'FAIL'}** {c['target']}: {c['value']}" for c in results["analysis"]["checks"]
@@ -725,9 +735,10 @@ at {git}).
 {table(LATENCY_HEADERS, latency_rows(results))}
 
 "CPU ms/req" is the CPU time the target's server process used per answered request (the upstream's for
-direct). "bg" is the CPU, in cores, that processes other than the benchmark's used on the machine meanwhile:
-at low rates that work runs on the gateway core between requests, and every target, direct included, then
-spends more CPU (and time) per request than it does at higher rates.
+direct); "bg" is the CPU, in cores, that processes other than the benchmark's used meanwhile. At low rates
+every target, direct included, spends more CPU per request than at high ones{direct_cpu}:
+between requests the idle vCPUs halt and caches go cold, and each request pays for the wake-ups of every
+process it passes through. `--cpu-idle-poll` keeps idle CPUs polling to take the halts out.
 
 ### Targets
 

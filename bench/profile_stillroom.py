@@ -34,6 +34,7 @@ from bench.overhead import (
     PY,
     ROOT,
     STORED_MARKER,
+    _autogroup_nice,
     _run_async,
     can_pin,
     free_port,
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--nice", type=int, default=-20 if os.geteuid() == 0 else 0)
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
+    own_group_nice = _autogroup_nice()
     if args.nice:
         prioritise(os.getpid(), args.nice)
     if can_pin():
@@ -202,6 +204,8 @@ def main() -> None:
     finally:
         for s in reversed(servers):
             s.stop()
+        if args.nice and own_group_nice is not None:
+            prioritise(os.getpid(), own_group_nice)  # our session's group is the calling shell's too
 
 
 if __name__ == "__main__":
