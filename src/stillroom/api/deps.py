@@ -19,13 +19,13 @@ def get_services(request: Request) -> Services:
 
 
 def get_principal(request: Request) -> Principal:
-    services: Services = request.app.state.services
+    """The caller, from `api-key` or `Authorization: Bearer` (projects and roles will resolve here)."""
     presented = request.headers.get("api-key")
     authorization = request.headers.get("authorization")
     if presented is None and authorization is not None:
         scheme, _, token = authorization.partition(" ")
         presented = token.strip() if scheme.lower() == "bearer" else authorization
-    return authenticate(services.settings.api_key, presented)
+    return authenticate(get_services(request).settings.api_key, presented)
 
 
 Svc = Annotated[Services, Depends(get_services)]
