@@ -6,7 +6,8 @@ commit per batch rather than one per completion. Two ways to run it, chosen by t
 - inline (SQLite): completions that finish in the same event-loop iteration are committed together at the
   end of it, on the loop itself. A SQLite commit in WAL mode takes tens of microseconds, less than the two
   thread wake-ups a writer thread would cost each request. The WAL is checkpointed every
-  `CHECKPOINT_EVERY` batches on a worker thread, never inside a commit.
+  `CHECKPOINT_EVERY` batches on a worker thread, never inside a commit (at 1000 req/s, every 100 batches gave
+  a p90 of 2.1-2.2 ms, every 1000 batches 1.2-1.3 ms; p50 alike, about 1.0 ms).
 - thread (PostgreSQL): one writer thread, since a commit waits on the server and the network.
 
 Callers wait with `commit(record)`; `enqueue(record)` stores without waiting (for streams that broke off).
@@ -29,7 +30,7 @@ from stillroom.store.db import checkpoint_wal
 log = logging.getLogger("stillroom.store")
 
 _STOP = object()
-CHECKPOINT_EVERY = 100  # inline batches between WAL checkpoints (a few MB of WAL)
+CHECKPOINT_EVERY = 1000  # inline batches between WAL checkpoints (about 40 MB of WAL at most)
 _Waiter = Future[None] | asyncio.Future[None] | None
 
 
