@@ -18,7 +18,6 @@ Results: bench/results/store_diagnose.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import random
 import statistics
 import sys
@@ -281,45 +280,7 @@ def pg_exists_plans(engine: Engine) -> dict[str, list[str]]:
 # --- writes ----------------------------------------------------------------------------------------------
 
 
-def _prepare(records: list[store.CompletionRecord]) -> tuple[list[Any], list[Any], list[Any]]:
-    """save_completions' serialisation, separated from its SQL (same code, same rows)."""
-    contents: dict[tuple[str, str], list[Any]] = {}
-    rows: list[Any] = []
-    meta_rows: list[Any] = []
-    for record in records:
-        digests = []
-        for message in record.messages:
-            body = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
-            digest = hashlib.sha256(body).hexdigest()
-            digests.append(digest)
-            slot = contents.get((record.project_id, digest))
-            if slot is None:
-                contents[(record.project_id, digest)] = [body, 1]
-            else:
-                slot[1] += 1
-        request, response = orjson.dumps(record.request), orjson.dumps(record.response)
-        metadata, digest_list = orjson.dumps(record.metadata), orjson.dumps(digests)
-        rows.append(
-            (
-                record.id,
-                record.project_id,
-                record.model,
-                int(record.response.get("created") or 0),
-                record.provider,
-                request.decode(),
-                response.decode(),
-                digest_list.decode(),
-                metadata.decode(),
-                record.request_id,
-                record.stream,
-                record.incomplete,
-                record.latency_ms,
-                len(request) + len(response) + len(metadata) + len(digest_list),
-            )
-        )
-        meta_rows.extend((record.id, record.project_id, k, v) for k, v in record.metadata.items())
-    content_rows = [(p, d, b.decode(), len(b), n) for (p, d), (b, n) in sorted(contents.items())]
-    return content_rows, rows, meta_rows
+_prepare = store.serialise_completions  # the store's own serialisation, measured apart from its SQL
 
 
 _UNNEST = (

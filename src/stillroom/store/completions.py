@@ -118,9 +118,24 @@ _SAVE_SQL = (
 
 def save_completions(engine: Engine, records: Sequence[CompletionRecord]) -> None:
     """Write a batch of completions in one transaction (the group commit)."""
+    content_rows, rows, meta_rows = serialise_completions(records)
+    contents_sql, completions_sql, metadata_sql = _save_sql(engine)
+    with raw_write_transaction(engine) as cursor:
+        if content_rows:
+            cursor.executemany(contents_sql, content_rows)
+        cursor.executemany(completions_sql, rows)
+        if meta_rows:
+            cursor.executemany(metadata_sql, meta_rows)
+
+
+Rows = list[tuple[Any, ...]]
+
+
+def serialise_completions(records: Sequence[CompletionRecord]) -> tuple[Rows, Rows, Rows]:
+    """The rows a batch writes: message contents (deduplicated, with ref counts), completions, metadata."""
     contents: dict[tuple[str, str], list[Any]] = {}
-    rows: list[tuple[Any, ...]] = []
-    meta_rows: list[tuple[str, str, str, str]] = []
+    rows: Rows = []
+    meta_rows: Rows = []
     for record in records:
         digests = []
         for message in record.messages:
@@ -159,13 +174,7 @@ def save_completions(engine: Engine, records: Sequence[CompletionRecord]) -> Non
         (project, digest, body.decode(), len(body), refs)
         for (project, digest), (body, refs) in sorted(contents.items())
     ]
-    contents_sql, completions_sql, metadata_sql = _save_sql(engine)
-    with raw_write_transaction(engine) as cursor:
-        if content_rows:
-            cursor.executemany(contents_sql, content_rows)
-        cursor.executemany(completions_sql, rows)
-        if meta_rows:
-            cursor.executemany(metadata_sql, meta_rows)
+    return content_rows, rows, meta_rows
 
 
 def _save_sql(engine: Engine) -> tuple[str, ...]:
