@@ -5,11 +5,9 @@ StillroomError (500 server_error)
 │   └── PayloadTooLargeError (413)
 ├── AuthenticationError (401)
 ├── NotFoundError (404)
-├── MethodNotAllowedError (405)
 ├── UpstreamError (relayed status and body, as the upstream sent them)
 ├── BadGatewayError (502)
 ├── GatewayTimeoutError (504)
-├── StorageUnavailableError (503)
 └── ConfigError (a bad config file; raised at start-up)
 """
 
@@ -52,12 +50,6 @@ class NotFoundError(StillroomError):
     type = "invalid_request_error"
 
 
-class MethodNotAllowedError(StillroomError):
-    status = 405
-    type = "invalid_request_error"
-    default_code = "method_not_allowed"
-
-
 class UpstreamError(StillroomError):
     """The upstream answered with an error; relay its status, body and retry hints unchanged."""
 
@@ -76,11 +68,6 @@ class BadGatewayError(StillroomError):
 class GatewayTimeoutError(StillroomError):
     status = 504
     default_code = "upstream_timeout"
-
-
-class StorageUnavailableError(StillroomError):
-    status = 503
-    default_code = "storage_unavailable"
 
 
 class ConfigError(StillroomError):
