@@ -48,7 +48,7 @@ def test_content_deltas_are_joined_into_one_message() -> None:
             "logprobs": None,
         }
     ]
-    assert result["usage"] is None
+    assert "usage" not in result and "system_fingerprint" not in result  # absent, never null
     assert assembler.chunks == 5
 
 
@@ -202,10 +202,47 @@ def test_head_fields_are_taken_from_chunks() -> None:
     assert result["service_tier"] == "default"
 
 
-def test_service_tier_key_is_absent_when_never_sent() -> None:
-    result = assemble(chunk(delta(content="x"))).result()
+def test_service_tier_and_system_fingerprint_are_absent_when_never_sent() -> None:
+    result = assemble(chunk(delta(content="x"), system_fingerprint=None)).result()
     assert "service_tier" not in result
-    assert result["system_fingerprint"] is None
+    assert "system_fingerprint" not in result  # OpenAI's schema: a string or absent, never null
+
+
+def test_azure_filter_results_are_kept_in_the_assembled_completion() -> None:
+    prompt_filter = [{"prompt_index": 0, "content_filter_results": {"hate": {"filtered": False, "severity": "safe"}}}]
+    safe = {"filtered": False, "severity": "safe"}
+    result = assemble(
+        {"id": "", "object": "", "created": 0, "model": "", "choices": [], "prompt_filter_results": prompt_filter},
+        chunk({**delta(role="assistant", content=""), "content_filter_results": {}}),
+        chunk({**delta(content="Hi"), "content_filter_results": {"hate": safe, "violence": safe}}),
+        chunk({**delta(finish_reason="stop"), "content_filter_results": {"violence": safe, "sexual": safe}}),
+    ).result()
+    assert result["prompt_filter_results"] == prompt_filter
+    assert result["id"] == "chatcmpl-abc" and result["created"] == 1700000000 and result["model"] == "gpt-test"
+    assert result["choices"][0]["content_filter_results"] == {"hate": safe, "violence": safe, "sexual": safe}
+    assert result["choices"][0]["message"]["content"] == "Hi"
+
+
+def test_audio_and_annotation_deltas_are_assembled_into_the_message() -> None:
+    citation = {"type": "url_citation", "url_citation": {"url": "https://example.com", "title": "Example"}}
+    result = assemble(
+        chunk(delta(role="assistant", audio={"id": "audio_1", "transcript": "Hel", "data": "AAA"})),
+        chunk(delta(audio={"transcript": "lo", "data": "BBB"})),
+        chunk(delta(audio={"expires_at": 1700003600}, annotations=[citation])),
+        chunk(delta(finish_reason="stop")),
+    ).result()
+    message = result["choices"][0]["message"]
+    assert message["audio"] == {"id": "audio_1", "transcript": "Hello", "data": "AAABBB", "expires_at": 1700003600}
+    assert message["annotations"] == [citation]
+
+
+def test_unknown_text_deltas_are_joined_into_the_message() -> None:
+    result = assemble(
+        chunk(delta(role="assistant", reasoning_content="Think")),
+        chunk(delta(reasoning_content="ing.", content="Yes")),
+    ).result()
+    assert result["choices"][0]["message"]["reasoning_content"] == "Thinking."
+    assert result["choices"][0]["message"]["content"] == "Yes"
 
 
 def test_logprobs_content_lists_are_concatenated() -> None:

@@ -5,14 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 _HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
+_DELTA_FIELDS = frozenset({"role", "content", "refusal", "tool_calls", "function_call", "audio", "annotations"})
 
 
 class StreamAssembler:
-    """Folds `chat.completion.chunk` objects into the `chat.completion` a non-streamed call returns."""
+    """Folds `chat.completion.chunk` objects into the `chat.completion` a non-streamed call returns.
+
+    Besides OpenAI's fields it keeps Azure's `prompt_filter_results` (sent in a chunk of their own) and
+    per-choice `content_filter_results`, and joins text deltas it does not know (`reasoning_content`).
+    `system_fingerprint` and `usage` are left out when no chunk had them: OpenAI's schema has them as a
+    string and an object, never null.
+    """
 
     def __init__(self) -> None:
         self.head: dict[str, Any] = {}
         self.usage: dict[str, Any] | None = None
+        self.prompt_filter_results: list[Any] = []
         self.chunks = 0
         self._choices: dict[int, _ChoiceState] = {}
 
@@ -20,10 +28,12 @@ class StreamAssembler:
         self.chunks += 1
         for field in _HEAD_FIELDS:
             value = chunk.get(field)
-            if value is not None:
-                self.head[field] = value
+            if value:
+                self.head[field] = value  # Azure's filter-results chunk has id "", created 0, model ""
         if chunk.get("usage"):
             self.usage = chunk["usage"]
+        if isinstance(chunk.get("prompt_filter_results"), list):
+            self.prompt_filter_results.extend(chunk["prompt_filter_results"])
         for choice in chunk.get("choices") or ():
             index = choice.get("index", 0)
             state = self._choices.get(index)
@@ -43,11 +53,15 @@ class StreamAssembler:
             "created": self.head.get("created"),
             "model": self.head.get("model"),
             "choices": [self._choices[i].result() for i in sorted(self._choices)],
-            "usage": self.usage,
-            "system_fingerprint": self.head.get("system_fingerprint"),
         }
+        if self.usage is not None:
+            completion["usage"] = self.usage
+        if isinstance(self.head.get("system_fingerprint"), str):
+            completion["system_fingerprint"] = self.head["system_fingerprint"]
         if "service_tier" in self.head:
             completion["service_tier"] = self.head["service_tier"]
+        if self.prompt_filter_results:
+            completion["prompt_filter_results"] = self.prompt_filter_results
         return completion
 
 
@@ -59,6 +73,10 @@ class _ChoiceState:
         self.refusal: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.function_call: dict[str, str] | None = None
+        self.audio: dict[str, Any] | None = None
+        self.annotations: list[Any] = []
+        self.other_text: dict[str, list[str]] = {}
+        self.content_filter_results: dict[str, Any] | None = None
         self.logprobs: dict[str, list[Any]] | None = None
         self.finish_reason: str | None = None
         self.saw_content = False
@@ -79,6 +97,15 @@ class _ChoiceState:
             fc["name"] = _joined_name(fc["name"], delta["function_call"].get("name"))
             fc["arguments"] += delta["function_call"].get("arguments") or ""
             self.function_call = fc
+        if isinstance(delta.get("audio"), dict):
+            self._add_audio(delta["audio"])
+        if isinstance(delta.get("annotations"), list):
+            self.annotations.extend(delta["annotations"])
+        for key, value in delta.items():
+            if key not in _DELTA_FIELDS and isinstance(value, str):
+                self.other_text.setdefault(key, []).append(value)
+        if isinstance(choice.get("content_filter_results"), dict):
+            self.content_filter_results = {**(self.content_filter_results or {}), **choice["content_filter_results"]}
         logprobs = choice.get("logprobs")
         if logprobs:
             merged = self.logprobs or {}
@@ -102,6 +129,16 @@ class _ChoiceState:
         slot["function"]["name"] = _joined_name(slot["function"]["name"], function.get("name"))
         slot["function"]["arguments"] += function.get("arguments") or ""
 
+    def _add_audio(self, piece: dict[str, Any]) -> None:
+        """Audio output arrives as base64 `data` and `transcript` pieces; `id` and `expires_at` once."""
+        audio = self.audio if self.audio is not None else {}
+        for key, value in piece.items():
+            if key in ("data", "transcript") and isinstance(value, str):
+                audio[key] = audio.get(key, "") + value
+            elif value is not None:
+                audio[key] = value
+        self.audio = audio
+
     def result(self) -> dict[str, Any]:
         message: dict[str, Any] = {
             "role": self.role,
@@ -112,12 +149,21 @@ class _ChoiceState:
             message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
         if self.function_call:
             message["function_call"] = self.function_call
-        return {
+        if self.audio is not None:
+            message["audio"] = self.audio
+        if self.annotations:
+            message["annotations"] = self.annotations
+        for key, pieces in self.other_text.items():
+            message[key] = "".join(pieces)
+        result: dict[str, Any] = {
             "index": self.index,
             "message": message,
             "finish_reason": self.finish_reason,
             "logprobs": self.logprobs,
         }
+        if self.content_filter_results is not None:
+            result["content_filter_results"] = self.content_filter_results
+        return result
 
 
 def _joined_name(so_far: str, piece: str | None) -> str:
