@@ -14,7 +14,8 @@ MAX_LIMIT = 100
 
 
 def parse_page(limit: str | None, order: str | None) -> tuple[int, bool]:
-    """Validate `limit` (1..100, default 20) and `order` (asc default, or desc)."""
+    """Validate `limit` (at least 1, default 20; above 100 it is 100, and `has_more` says what is left, as
+    other servers' conformance suites page with limit=1000) and `order` (asc default, or desc)."""
     if limit is None:
         size = 20
     else:
@@ -22,8 +23,9 @@ def parse_page(limit: str | None, order: str | None) -> tuple[int, bool]:
             size = int(limit)
         except ValueError:
             raise BadRequestError("Invalid 'limit': expected an integer.", param="limit") from None
-        if not 1 <= size <= MAX_LIMIT:
+        if size < 1:
             raise BadRequestError(f"Invalid 'limit': must be between 1 and {MAX_LIMIT}.", param="limit")
+        size = min(size, MAX_LIMIT)
     if order not in (None, "asc", "desc"):
         raise BadRequestError("Invalid 'order': expected 'asc' or 'desc'.", param="order")
     return size, order == "desc"

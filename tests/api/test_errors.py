@@ -115,7 +115,7 @@ def test_unknown_completion_id_is_a_404(http: httpx.Client, method: str, suffix:
 
 @pytest.mark.parametrize(
     ("query", "param"),
-    [("limit=0", "limit"), ("limit=101", "limit"), ("limit=ten", "limit"), ("order=up", "order")],
+    [("limit=0", "limit"), ("limit=ten", "limit"), ("order=up", "order")],
 )
 def test_bad_list_parameters_are_a_400(http: httpx.Client, query: str, param: str) -> None:
     assert_openai_error(http.get(f"/v1/chat/completions?{query}"), 400, "invalid_request_error", param)

@@ -158,3 +158,18 @@ def test_azure_client_reaches_every_stored_endpoint(azure_client: openai.AzureOp
     assert azure_client.chat.completions.delete(ids[0]).deleted is True
     with pytest.raises(openai.NotFoundError):
         azure_client.chat.completions.retrieve(ids[0])
+
+
+def test_limit_above_100_is_clamped_to_100_with_has_more(client: openai.OpenAI, tag: str) -> None:
+    """Other servers' conformance suites page with limit=1000: that is a page of 100, not a 400."""
+    messages = [{"role": "user", "content": f"n{i}"} for i in range(101)]
+    answer = client.chat.completions.create(
+        model=LOCAL_MODEL, messages=messages, max_tokens=1, store=True, metadata={"tag": tag}  # type: ignore[arg-type]
+    )
+    page = client.chat.completions.messages.list(answer.id, limit=1000)
+    assert [m.content for m in page.data] == [f"n{i}" for i in range(100)]
+    assert page.has_more is True
+    rest = client.chat.completions.messages.list(answer.id, limit=1000, after=page.data[-1].id)
+    assert [m.content for m in rest.data] == ["n100"] and rest.has_more is False
+    listed = client.chat.completions.list(metadata={"tag": tag}, limit=1000)
+    assert [c.id for c in listed.data] == [answer.id] and listed.has_more is False
