@@ -24,7 +24,17 @@ health = APIRouter()
 
 @health.get("/health", include_in_schema=False)
 async def get_health(services: Svc) -> Response:
+    """Liveness: 200 while the process serves, with `status` "ok" or "degraded" (stores failing)."""
     return json_response(services.health())
+
+
+@health.get("/health/ready", include_in_schema=False)
+async def get_readiness(services: Svc) -> Response:
+    """Readiness: 503 while stores fail, so a load balancer can send the traffic elsewhere."""
+    body = services.health()
+    response = json_response(body)
+    response.status_code = 200 if body["status"] == "ok" else 503
+    return response
 
 
 def create_app(settings: Settings) -> FastAPI:

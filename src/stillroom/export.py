@@ -15,16 +15,18 @@ def iter_training_rows(
     engine: Engine, project_id: str, *, metadata: dict[str, str], model: str | None
 ) -> Iterator[dict[str, Any]]:
     """One `{"messages": [...inputs, assistant answer]}` row per complete stored completion (first choice),
-    in creation order. Incomplete completions and answers without content or tool calls are skipped."""
-    after: str | None = None
+    in list (commit) order. Incomplete completions and answers without content or tool calls are skipped.
+
+    Each page and its messages are read in one snapshot, so a completion deleted while the export runs is
+    either exported whole or (if deleted before its page was read) not at all; one committed meanwhile is
+    exported on a later page."""
+    after: int | None = None
     while True:
-        rows, has_more = store.list_completions(
-            engine, project_id, metadata=metadata, model=model, after=after, limit=_PAGE, descending=False
+        rows, bodies, has_more = store.list_completions_with_messages(
+            engine, project_id, metadata=metadata, model=model, after_seq=after, limit=_PAGE
         )
-        complete = [row for row in rows if not row.incomplete]
-        bodies = store.get_message_bodies(engine, project_id, {d for row in complete for d in row.message_digests})
-        for row in complete:
-            answer = _answer(row.response)
+        for row in rows:
+            answer = None if row.incomplete else _answer(row.response)
             if answer is not None:
                 training: dict[str, Any] = {"messages": [*(bodies[d] for d in row.message_digests), answer]}
                 if row.request.get("tools"):
@@ -32,7 +34,7 @@ def iter_training_rows(
                 yield training
         if not has_more or not rows:
             return
-        after = rows[-1].id
+        after = rows[-1].seq
 
 
 def _answer(response: dict[str, Any]) -> dict[str, Any] | None:

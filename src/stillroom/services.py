@@ -30,14 +30,16 @@ class Services:
     @classmethod
     def start(cls, settings: Settings) -> Services:
         models = settings.load_models()
-        engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        engine = make_engine(
+            settings.database_url, sqlite_synchronous=settings.sqlite_synchronous, lock_timeout=settings.store_timeout
+        )
         upgrade_database(engine)
         http = make_session(
             max_connections=settings.upstream_max_connections, connect_timeout=settings.upstream_connect_timeout
         )
         registry = ProviderRegistry(models, http)
         registry.load_local_models()
-        commits = CommitQueue(engine, batch_size=settings.commit_batch_size)
+        commits = CommitQueue(engine, batch_size=settings.commit_batch_size, stall_after=settings.store_timeout)
         gateway = Gateway(registry, commits, store_timeout=settings.store_timeout)
         return cls(settings, engine, commits, registry, gateway, http)
 
@@ -54,11 +56,6 @@ class Services:
         ]
 
     def health(self) -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "store": {
-                "committed": self.commits.committed,
-                "failed": self.commits.failed,
-                "batches": self.commits.batches,
-            },
-        }
+        """`status` is "degraded" while stores fail (the last write failed, or one has been stuck for longer
+        than the store timeout), "ok" again once a write succeeds."""
+        return {"status": "degraded" if self.commits.is_degraded() else "ok", "store": self.commits.health()}

@@ -7,6 +7,7 @@ from typing import Any
 from stillroom.errors import BadRequestError, NotFoundError
 from stillroom.store import completions as store
 from stillroom.store.db import Engine
+from stillroom.store.writer import CommitQueue
 from stillroom.wire.chat import validate_metadata
 from stillroom.wire.completions import render_store_message, render_stored_completion
 
@@ -45,9 +46,12 @@ def list_stored_completions(
     for param, value in (("after", after), ("model", model)):
         if value is not None and "\x00" in value:
             raise BadRequestError(f"Invalid '{param}': NUL characters are not allowed.", param=param)
-    rows, has_more = store.list_completions(
-        engine, project_id, metadata=metadata, model=model, after=after, limit=limit, descending=descending
-    )
+    try:
+        rows, has_more = store.list_completions(
+            engine, project_id, metadata=metadata, model=model, after=after, limit=limit, descending=descending
+        )
+    except store.CursorNotFoundError:
+        raise BadRequestError(f"Invalid 'after': no chat completion {after!r} was stored.", param="after") from None
     return _page([_render(row) for row in rows], has_more)
 
 
@@ -77,10 +81,11 @@ def list_stored_messages(
     return _page(items[:limit], len(items) > limit)
 
 
-def update_stored_completion(
-    engine: Engine, project_id: str, completion_id: str, body: dict[str, Any]
+async def update_stored_completion(
+    writer: CommitQueue, project_id: str, completion_id: str, body: dict[str, Any]
 ) -> dict[str, Any]:
-    """Merge the given pairs into the stored metadata (as Azure documents); `null` clears it."""
+    """Merge the given pairs into the stored metadata (as Azure documents); `null` clears it. Written by the
+    process's one writer, like every other write."""
     _check_id(completion_id)
     if "metadata" not in body:
         raise BadRequestError("Missing required parameter: 'metadata'.", param="metadata")
@@ -93,15 +98,15 @@ def update_stored_completion(
         validate_metadata(merged)
         return merged
 
-    row = store.update_metadata(engine, project_id, completion_id, merge)
+    row = await writer.write(lambda conn: store.update_metadata(conn, project_id, completion_id, merge))
     if row is None:
         raise _not_found(completion_id)
     return _render(row)
 
 
-def delete_stored_completion(engine: Engine, project_id: str, completion_id: str) -> dict[str, Any]:
+async def delete_stored_completion(writer: CommitQueue, project_id: str, completion_id: str) -> dict[str, Any]:
     _check_id(completion_id)
-    if not store.delete_completion(engine, project_id, completion_id):
+    if not await writer.write(lambda conn: store.delete_completion(conn, project_id, completion_id)):
         raise _not_found(completion_id)
     return {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
 

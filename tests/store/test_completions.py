@@ -1,5 +1,5 @@
-"""The completion store on SQLite and PostgreSQL: save, get, list pages and filters, content-addressed
-messages, metadata updates, deletes, and the group-commit queue."""
+"""The completion store on SQLite and PostgreSQL: save, get, list pages (in commit order) and filters,
+content-addressed messages, metadata updates, deletes, and the writer (group commit, failures, health)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import hashlib
 import math
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
@@ -30,13 +30,14 @@ from stillroom.store.completions import (
     storage_usage,
     update_metadata,
 )
-from stillroom.store.db import make_engine
+from stillroom.store.db import make_engine, write_transaction
 from stillroom.store.migrate import upgrade_database
 from stillroom.store.tables import completion_metadata, completions, message_contents
 from stillroom.store.writer import CHECKPOINT_EVERY, CommitQueue
 from stillroom.wire.ids import new_completion_id
 
 WAIT = 30.0  # seconds; an upper bound for waits that normally end at once
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,12 @@ def list_all(engine: Engine, project: str, **kwargs: Any) -> list[StoredCompleti
 
 def ids(page: list[StoredCompletion]) -> list[str]:
     return [c.id for c in page]
+
+
+def write(engine: Engine, fn: Callable[..., T], *args: Any) -> T:
+    """Run a store write function in its own write transaction (what the writer thread does)."""
+    with write_transaction(engine) as conn:
+        return fn(conn, *args)
 
 
 # --- save, get ------------------------------------------------------------------------------------
@@ -423,7 +430,7 @@ def test_stored_bytes_counts_utf8_bytes_like_message_sizes(engine: Engine, proje
     texts = (row.request, row.response, row.metadata, row.message_digests)
     assert row.stored_bytes == sum(len(t.encode()) for t in texts)
     assert storage_usage(engine)[project] == row.stored_bytes + message_size(TURN_2)
-    update_metadata(engine, project, rec.id, lambda current: {"note": "日本語"})
+    write(engine, update_metadata, project, rec.id, lambda current: {"note": "日本語"})
     with engine.connect() as conn:
         row = conn.execute(select(completions).where(completions.c.id == rec.id)).one()
     texts = (row.request, row.response, row.metadata, row.message_digests)
@@ -442,7 +449,7 @@ def test_delete_frees_unshared_contents_and_keeps_shared_ones(engine: Engine, pr
     first = record(project, [SYSTEM, TURN_1])
     second = record(project, [SYSTEM, TURN_1, REPLY_1, TURN_2])
     save_completions(engine, [first, second])
-    assert delete_completion(engine, project, second.id) is True
+    assert write(engine, delete_completion, project, second.id) is True
     assert contents(engine, project) == {digest(SYSTEM): 1, digest(TURN_1): 1}
     assert get_completion(engine, project, second.id) is None
     assert get_messages(engine, project, second.id) is None
@@ -453,7 +460,7 @@ def test_delete_of_the_older_completion_keeps_the_shared_prefix(engine: Engine, 
     first = record(project, [SYSTEM, TURN_1])
     second = record(project, [SYSTEM, TURN_1, REPLY_1, TURN_2])
     save_completions(engine, [first, second])
-    assert delete_completion(engine, project, first.id) is True
+    assert write(engine, delete_completion, project, first.id) is True
     assert contents(engine, project) == {digest(m): 1 for m in second.messages}
     assert get_messages(engine, project, second.id) == second.messages
 
@@ -464,9 +471,9 @@ def test_delete_releases_a_message_repeated_within_one_completion(engine: Engine
     two = record(project, [again])
     save_completions(engine, [one, two])
     assert contents(engine, project) == {digest(again): 4}
-    delete_completion(engine, project, one.id)
+    write(engine, delete_completion, project, one.id)
     assert contents(engine, project) == {digest(again): 1}
-    delete_completion(engine, project, two.id)
+    write(engine, delete_completion, project, two.id)
     assert contents(engine, project) == {}
 
 
@@ -476,7 +483,7 @@ def test_deleting_every_completion_leaves_no_contents_or_metadata(engine: Engine
     save_completions(engine, recs[:2])
     save_completions(engine, recs[2:])
     for rec in reversed(recs):
-        assert delete_completion(engine, project, rec.id) is True
+        assert write(engine, delete_completion, project, rec.id) is True
     with engine.connect() as conn:
         assert count(conn, message_contents, project) == 0
         assert count(conn, completions, project) == 0
@@ -489,7 +496,7 @@ def test_delete_in_one_project_keeps_the_same_message_in_another(engine: Engine,
     mine = record(project, [SYSTEM])
     theirs = record(other, [SYSTEM])
     save_completions(engine, [mine, theirs])
-    delete_completion(engine, project, mine.id)
+    write(engine, delete_completion, project, mine.id)
     assert contents(engine, project) == {}
     assert contents(engine, other) == {digest(SYSTEM): 1}
     assert get_messages(engine, other, theirs.id) == [SYSTEM]
@@ -498,8 +505,8 @@ def test_delete_in_one_project_keeps_the_same_message_in_another(engine: Engine,
 def test_delete_of_a_missing_or_foreign_completion_is_false_and_changes_nothing(engine: Engine, project: str) -> None:
     rec = record(project, [SYSTEM])
     save_completions(engine, [rec])
-    assert delete_completion(engine, project, new_completion_id()) is False
-    assert delete_completion(engine, project + "-other", rec.id) is False
+    assert write(engine, delete_completion, project, new_completion_id()) is False
+    assert write(engine, delete_completion, project + "-other", rec.id) is False
     assert get_completion(engine, project, rec.id) is not None
     assert contents(engine, project) == {digest(SYSTEM): 1}
 
@@ -508,7 +515,7 @@ def test_delete_removes_the_completion_from_metadata_filters(engine: Engine, pro
     keep = record(project, metadata={"k": "v"})
     drop = record(project, metadata={"k": "v"})
     save_completions(engine, [keep, drop])
-    delete_completion(engine, project, drop.id)
+    write(engine, delete_completion, project, drop.id)
     assert ids(list_all(engine, project, metadata={"k": "v"})) == [keep.id]
 
 
@@ -526,7 +533,7 @@ def test_update_metadata_stores_what_merge_returns(engine: Engine, project: str)
         del merged["drop"]
         return merged
 
-    updated = update_metadata(engine, project, rec.id, merge)
+    updated = write(engine, update_metadata, project, rec.id, merge)
     assert seen == [{"keep": "1", "change": "old", "drop": "x"}]
     assert updated is not None
     assert updated.metadata == {"keep": "1", "change": "new", "added": "yes"}
@@ -540,7 +547,7 @@ def test_update_metadata_stores_what_merge_returns(engine: Engine, project: str)
 def test_update_metadata_reindexes_the_filters(engine: Engine, project: str) -> None:
     rec = record(project, metadata={"stage": "draft", "gone": "soon"})
     save_completions(engine, [rec])
-    update_metadata(engine, project, rec.id, lambda current: {"stage": "final"})
+    write(engine, update_metadata, project, rec.id, lambda current: {"stage": "final"})
     assert list_all(engine, project, metadata={"stage": "draft"}) == []
     assert list_all(engine, project, metadata={"gone": "soon"}) == []
     assert ids(list_all(engine, project, metadata={"stage": "final"})) == [rec.id]
@@ -549,7 +556,7 @@ def test_update_metadata_reindexes_the_filters(engine: Engine, project: str) -> 
 def test_update_metadata_to_empty_clears_the_filters(engine: Engine, project: str) -> None:
     rec = record(project, metadata={"a": "1"})
     save_completions(engine, [rec])
-    updated = update_metadata(engine, project, rec.id, lambda current: {})
+    updated = write(engine, update_metadata, project, rec.id, lambda current: {})
     assert updated is not None
     assert updated.metadata == {}
     assert list_all(engine, project, metadata={"a": "1"}) == []
@@ -561,7 +568,7 @@ def test_update_metadata_adjusts_storage_usage_by_the_size_change(engine: Engine
     rec = record(project, metadata={"a": "1"})
     save_completions(engine, [rec])
     before = storage_usage(engine)[project]
-    update_metadata(engine, project, rec.id, lambda current: {"a": "1", "b": "x" * 100})
+    write(engine, update_metadata, project, rec.id, lambda current: {"a": "1", "b": "x" * 100})
     after = storage_usage(engine)[project]
     assert after - before == len(orjson.dumps({"a": "1", "b": "x" * 100})) - len(orjson.dumps({"a": "1"}))
 
@@ -573,7 +580,7 @@ def test_update_metadata_of_a_missing_completion_is_none_without_calling_merge(e
         calls.append(current)
         return current
 
-    assert update_metadata(engine, project, new_completion_id(), merge) is None
+    assert write(engine, update_metadata, project, new_completion_id(), merge) is None
     assert calls == []
 
 
@@ -585,7 +592,7 @@ def test_update_metadata_merge_that_raises_changes_nothing(engine: Engine, proje
         raise ValueError("too many pairs")
 
     with pytest.raises(ValueError, match="too many pairs"):
-        update_metadata(engine, project, rec.id, refuse)
+        write(engine, update_metadata, project, rec.id, refuse)
     stored = get_completion(engine, project, rec.id)
     assert stored is not None
     assert stored.metadata == {"a": "1"}
@@ -595,7 +602,7 @@ def test_update_metadata_merge_that_raises_changes_nothing(engine: Engine, proje
 def test_update_metadata_of_another_projects_completion_is_none(engine: Engine, project: str) -> None:
     rec = record(project, metadata={"a": "1"})
     save_completions(engine, [rec])
-    assert update_metadata(engine, project + "-other", rec.id, lambda c: {"a": "2"}) is None
+    assert write(engine, update_metadata, project + "-other", rec.id, lambda c: {"a": "2"}) is None
     stored = get_completion(engine, project, rec.id)
     assert stored is not None
     assert stored.metadata == {"a": "1"}
@@ -605,19 +612,24 @@ def test_update_metadata_of_another_projects_completion_is_none(engine: Engine, 
 
 
 class GatedEngine:
-    """Holds the commit thread inside its first write until `open()`: whatever is submitted meanwhile
-    queues up, so the batches that follow are known in advance."""
+    """Holds the writer thread inside its first batch until `open()`: whatever is submitted meanwhile
+    queues up, so the batches that follow are known in advance. Counts the batches attempted."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self.entered = threading.Event()
         self._gate = threading.Event()
         self.dialect = engine.dialect
+        self.attempts = 0
 
     def raw_connection(self) -> Any:
+        self.attempts += 1
         self.entered.set()
         assert self._gate.wait(WAIT), "gate never opened"
         return self._engine.raw_connection()
+
+    def connect(self) -> Connection:
+        return self._engine.connect()
 
     def open(self) -> None:
         self._gate.set()
@@ -630,7 +642,7 @@ def gated(engine: Engine) -> GatedEngine:
 
 @pytest.fixture
 def held_queue(gated: GatedEngine) -> Iterator[CommitQueue]:
-    queue = CommitQueue(gated, batch_size=16, inline=False)  # type: ignore[arg-type]
+    queue = CommitQueue(gated, batch_size=16)  # type: ignore[arg-type]
     yield queue
     gated.open()
     queue.close()
@@ -645,7 +657,7 @@ def hold(queue: CommitQueue, gated: GatedEngine, project: str) -> tuple[Completi
 
 
 def test_commit_queue_commits_records_submitted_from_many_threads(engine: Engine, project: str) -> None:
-    queue = CommitQueue(engine, batch_size=32, inline=False)
+    queue = CommitQueue(engine, batch_size=32)
     per_thread = 50
     futures: list[list[tuple[str, Future[None]]]] = [[] for _ in range(6)]
     start = threading.Barrier(len(futures))
@@ -732,7 +744,7 @@ def test_a_failing_record_fails_alone_and_the_rest_of_its_batch_commits(
 
 
 def test_close_writes_everything_already_queued(engine: Engine, project: str) -> None:
-    queue = CommitQueue(engine, batch_size=8, inline=False)
+    queue = CommitQueue(engine, batch_size=8)
     recs = [record(project) for _ in range(40)]
     futures = [queue.submit(r) for r in recs]
     queue.close(WAIT)
@@ -773,22 +785,49 @@ def test_a_cancelled_wait_on_a_failing_record_does_not_stop_the_commit_thread(
     assert held_queue.committed == 2
 
 
-def test_inline_commits_of_one_loop_iteration_share_one_batch(engine: Engine, project: str) -> None:
-    """Inline mode (SQLite's default): completions finishing in the same event-loop iteration are
-    committed together at its end, and every waiter resumes once its row is in the database."""
-    queue = CommitQueue(engine, inline=True)
-    recs = [record(project) for _ in range(25)]
+def test_commits_waiting_together_share_one_batch(
+    engine: Engine, project: str, gated: GatedEngine, held_queue: CommitQueue
+) -> None:
+    """Completions that arrive while a batch is being written are committed together in the next one, and
+    every waiter resumes once its row is in the database."""
+    first, first_future = hold(held_queue, gated, project)
+    recs = [record(project) for _ in range(15)]
 
     async def main() -> None:
-        await asyncio.gather(*(queue.commit(r, timeout=WAIT) for r in recs))
-        assert ids(list_all(engine, project)) == [r.id for r in recs]
+        waits = [asyncio.ensure_future(held_queue.commit(r, timeout=WAIT)) for r in recs]
+        await asyncio.sleep(0)  # every commit is queued before the writer is let go
+        gated.open()
+        await asyncio.gather(*waits)
+        assert ids(list_all(engine, project)) == [first.id] + [r.id for r in recs]
 
     asyncio.run(main())
-    assert (queue.batches, queue.committed, queue.failed) == (1, 25, 0)
+    first_future.result(WAIT)
+    assert (held_queue.batches, held_queue.committed, held_queue.failed) == (2, 16, 0)
 
 
-def test_inline_failure_reaches_only_its_caller(engine: Engine, project: str) -> None:
-    queue = CommitQueue(engine, inline=True)
+def test_a_commit_waiting_on_the_database_leaves_the_event_loop_free(
+    engine: Engine, project: str, gated: GatedEngine, held_queue: CommitQueue
+) -> None:
+    """The database work (pool checkout, BEGIN IMMEDIATE, serialising) happens on the writer thread: while
+    it is stuck, the loop keeps running everything else. (When SQLite committed inline, on the loop, the
+    loop itself was stuck in the write.)"""
+    rec = record(project)
+
+    async def main() -> None:
+        commit = asyncio.ensure_future(held_queue.commit(rec, timeout=WAIT))
+        await asyncio.to_thread(gated.entered.wait, WAIT)  # the writer is inside the write now
+        for _ in range(100):
+            await asyncio.sleep(0)  # the loop turns: nothing on it waits for the database
+        assert not commit.done()
+        gated.open()
+        await commit
+
+    asyncio.run(main())
+    assert get_completion(engine, project, rec.id) is not None
+
+
+def test_a_failure_reaches_only_its_caller(engine: Engine, project: str) -> None:
+    queue = CommitQueue(engine)
     first = record(project)
     save_completions(engine, [first])
     duplicate, fresh = record(project, cid=first.id), record(project)
@@ -799,19 +838,21 @@ def test_inline_failure_reaches_only_its_caller(engine: Engine, project: str) ->
         )
 
     outcomes = asyncio.run(main())
+    queue.close()
     assert isinstance(outcomes[0], IntegrityError) and outcomes[1] is None
     assert get_completion(engine, project, fresh.id) is not None
     assert (queue.committed, queue.failed) == (1, 1)
+    assert not queue.is_degraded()  # one bad record is not a failing database
 
 
-def test_inline_enqueue_stores_without_a_waiter_and_close_flushes(engine: Engine, project: str) -> None:
-    queue = CommitQueue(engine, inline=True)
+def test_enqueue_stores_without_a_waiter_and_close_flushes(engine: Engine, project: str) -> None:
+    queue = CommitQueue(engine)
     recs = [record(project) for _ in range(3)]
 
     async def main() -> None:
         for r in recs:
             queue.enqueue(r)
-        queue.close()  # e.g. shutdown before the loop got round to it
+        queue.close()  # e.g. shutdown before the writer got round to them
 
     asyncio.run(main())
     assert ids(list_all(engine, project)) == [r.id for r in recs]
@@ -829,13 +870,13 @@ def test_the_rarest_metadata_pair_drives_a_two_pair_filter(engine: Engine, proje
     assert list_all(engine, project, metadata={"app": "main", "user": "nobody"}) == []
 
 
-def test_inline_queue_checkpoints_the_wal_off_the_loop(tmp_path: Path) -> None:
-    """SQLite only (the WAL is SQLite's): auto-checkpoints are off, so the commit queue must checkpoint, or
-    the log would grow with every commit. After three checkpoint periods the WAL is no longer than it was
+def test_the_writer_checkpoints_the_wal_on_a_thread_of_its_own(tmp_path: Path) -> None:
+    """SQLite only (the WAL is SQLite's): auto-checkpoints are off, so the writer must checkpoint, or the
+    log would grow with every commit. After three checkpoint periods the WAL is no longer than it was
     after the first (the log is reused once checkpointed)."""
     engine = make_engine(f"sqlite:///{tmp_path / 'wal.db'}")
     upgrade_database(engine)
-    queue = CommitQueue(engine, inline=True)
+    queue = CommitQueue(engine)
     wal = tmp_path / "wal.db-wal"
     sizes = []
 
@@ -844,7 +885,7 @@ def test_inline_queue_checkpoints_the_wal_off_the_loop(tmp_path: Path) -> None:
             for _ in range(CHECKPOINT_EVERY):
                 await queue.commit(record("wal"), timeout=WAIT)
             assert queue._checkpoint is not None
-            await queue._checkpoint
+            await asyncio.wrap_future(queue._checkpoint)
             sizes.append(wal.stat().st_size)
 
     asyncio.run(main())

@@ -10,14 +10,25 @@ from typing import Any
 import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, insert, inspect, select, text
 
+from stillroom.store import migrate
 from stillroom.store.db import make_engine
 from stillroom.store.migrate import upgrade_database
 from stillroom.store.tables import completions, metadata
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def head_revision() -> str:
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrate.__file__).with_name("migrations")))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -72,12 +83,13 @@ def test_upgrade_of_an_empty_database_matches_the_table_definitions(empty_engine
     upgrade_database(empty_engine)
     assert schema_diff(empty_engine) == []
     assert set(inspect(empty_engine).get_table_names()) == {*metadata.tables, "alembic_version"}
-    assert version(empty_engine) == ["0001"]
+    assert version(empty_engine) == [head_revision()]
 
 
-def completion_row(cid: str) -> dict[str, Any]:
+def completion_row(cid: str, seq: int = 1) -> dict[str, Any]:
     return {
         "id": cid,
+        "seq": seq,
         "model": "m",
         "created": 1,
         "provider": "openai",
@@ -97,7 +109,7 @@ def test_migrated_completion_ids_sort_bytewise(empty_engine: Engine) -> None:
     upgrade_database(empty_engine)
     ids = ["chatcmpl-b", "chatcmpl-B", "chatcmpl-a", "chatcmpl-0", "chatcmpl-Z", "chatcmpl-A"]
     with empty_engine.begin() as conn:
-        conn.execute(insert(completions), [completion_row(i) for i in ids])
+        conn.execute(insert(completions), [completion_row(cid, n) for n, cid in enumerate(ids)])
         ordered = list(conn.execute(select(completions.c.id).order_by(completions.c.id)).scalars())
     assert ordered == sorted(ids, key=str.encode)  # 0 < A < B < Z < a < b, whatever the database locale
     if empty_engine.dialect.name == "postgresql":
@@ -113,7 +125,52 @@ def test_upgrade_twice_is_a_no_op(empty_engine: Engine) -> None:
     upgrade_database(empty_engine)
     assert schema_snapshot(empty_engine) == before
     assert schema_diff(empty_engine) == []
-    assert version(empty_engine) == ["0001"]
+    assert version(empty_engine) == [head_revision()]
     with empty_engine.connect() as conn:
         kept = conn.execute(select(completions.c.id, completions.c.project_id)).all()
     assert [tuple(r) for r in kept] == [("chatcmpl-kept", "default")]
+
+
+def test_0002_numbers_existing_rows_in_id_order_and_widens_time_and_size_columns(empty_engine: Engine) -> None:
+    upgrade_database(empty_engine, "0001")
+    old = {key: value for key, value in completion_row("x").items() if key != "seq"}
+    ids = ["chatcmpl-c", "chatcmpl-a", "chatcmpl-b"]
+    with empty_engine.begin() as conn:
+        for cid in ids:
+            conn.execute(
+                text(
+                    "INSERT INTO completions (" + ", ".join(old) + ") VALUES (" + ", ".join(f":{k}" for k in old) + ")"
+                ),
+                {**old, "id": cid},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO completion_metadata (completion_id, key, value, project_id) "
+                    "VALUES (:id, 'k', 'v', 'default')"
+                ),
+                {"id": cid},
+            )
+    upgrade_database(empty_engine)
+    assert schema_diff(empty_engine) == []
+    with empty_engine.begin() as conn:
+        assert conn.execute(text("SELECT id, seq FROM completions ORDER BY seq")).all() == [
+            ("chatcmpl-a", 1),
+            ("chatcmpl-b", 2),
+            ("chatcmpl-c", 3),
+        ]
+        assert conn.execute(text("SELECT completion_id, seq FROM completion_metadata ORDER BY seq")).all() == [
+            ("chatcmpl-a", 1),
+            ("chatcmpl-b", 2),
+            ("chatcmpl-c", 3),
+        ]
+        assert conn.execute(text("SELECT name, value FROM sequences WHERE name = 'completions'")).all() == [
+            ("completions", 3)
+        ]
+        # Milliseconds (and sizes past 2 GiB) fit: these overflowed PostgreSQL's 32-bit columns.
+        conn.execute(
+            insert(completions),
+            {**completion_row("chatcmpl-ms", 4), "created": 1_700_000_000_123, "stored_bytes": 2**40},
+        )
+        assert conn.execute(select(completions.c.created).where(completions.c.id == "chatcmpl-ms")).scalar() == (
+            1_700_000_000_123
+        )

@@ -1,4 +1,5 @@
-"""The list filters are served by their indexes on both databases, not by scanning a table.
+"""The list filters are served by their indexes on both databases, in list (commit sequence) order, not by
+scanning a table or sorting.
 
 A few thousand completions are stored and the tables ANALYZEd first, so the planners choose as they would
 on a real database rather than on empty tables.
@@ -49,7 +50,7 @@ def plan_engine(db_url: str) -> Iterator[Engine]:
 
 
 def _plan(engine: Engine, **query: object) -> str:
-    arguments = {"metadata": [], "model": None, "after": None, "limit": 21, "descending": False} | query
+    arguments = {"metadata": [], "model": None, "after_seq": None, "limit": 21, "descending": False} | query
     stmt = list_statement(PROJECT, **arguments)  # type: ignore[arg-type]
     sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
     explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
@@ -61,11 +62,13 @@ def _plan(engine: Engine, **query: object) -> str:
     ("query", "index"),
     [
         ({"metadata": [("tag", "t7")]}, "ix_completion_metadata_lookup"),
-        ({"metadata": [("user", "u9"), ("tag", "t9")], "after": "chatcmpl-0"}, "ix_completion_metadata_lookup"),
+        ({"metadata": [("user", "u9"), ("tag", "t9")], "after_seq": 10}, "ix_completion_metadata_lookup"),
         ({"metadata": [("tag", "t7")], "descending": True}, "ix_completion_metadata_lookup"),
-        ({"model": "rare"}, "ix_completions_project_model_id"),
-        # Unfiltered, the planner may walk the (project, id) index or the id primary key: both read in id order.
-        ({}, "ix_completions_project_id|completions_pkey|sqlite_autoindex_completions_1"),
+        ({"model": "rare"}, "ix_completions_project_model_seq"),
+        ({"model": "rare", "after_seq": 10, "descending": True}, "ix_completions_project_model_seq"),
+        # Unfiltered, the planner may walk the (project, seq) index or the global seq index: both in list order.
+        ({}, "ix_completions_project_seq|ux_completions_seq"),
+        ({"after_seq": 10}, "ix_completions_project_seq|ux_completions_seq"),
     ],
 )
 def test_list_filters_use_their_index(plan_engine: Engine, query: dict[str, object], index: str) -> None:

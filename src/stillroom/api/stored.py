@@ -114,15 +114,13 @@ _UPDATE_BODY = {
 @router.post("/chat/completions/{completion_id}", openapi_extra=_UPDATE_BODY)
 async def update_chat_completion(completion_id: str, request: Request, principal: Caller, services: Svc) -> Response:
     body = parse_json_object(await read_body(request, services.settings.max_body_bytes))
-    updated = await run_in_threadpool(
-        update_stored_completion, services.engine, principal.project_id, completion_id, body
-    )
+    updated = await update_stored_completion(services.commits, principal.project_id, completion_id, body)
     return json_response(updated)
 
 
 @router.delete("/chat/completions/{completion_id}")
 async def delete_chat_completion(completion_id: str, principal: Caller, services: Svc) -> Response:
-    deleted = await run_in_threadpool(delete_stored_completion, services.engine, principal.project_id, completion_id)
+    deleted = await delete_stored_completion(services.commits, principal.project_id, completion_id)
     return json_response(deleted)
 
 

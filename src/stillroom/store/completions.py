@@ -1,5 +1,15 @@
 """Stored completions: save (batched), list with metadata/model filters and keyset pages, get, update,
-delete. Input messages are stored once per project by content address and freed when unreferenced."""
+delete. Input messages are stored once per project by content address and freed when unreferenced.
+
+Lists page on the commit sequence (`seq`), not on the id: a stream's id is minted when it starts but its
+row is committed when it ends, so id order would put it behind a cursor that had already passed it. Every
+batch takes the next numbers from the `sequences` row, whose row lock it holds until it commits, so
+numbers are handed out in commit order, across processes too (PostgreSQL), and a reader always sees a
+gap-free prefix. `after=<id>` resumes at that id's number; a deleted row's number is kept in
+`completion_tombstones` so that its id still works as a cursor.
+
+Writes take a Connection in a write transaction (the writer thread opens it, stillroom.store.writer);
+reads open their own snapshot (one transaction, REPEATABLE READ on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,16 +19,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Select, and_, delete, exists, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+    update,
+)
 
-from stillroom.store.db import raw_write_transaction, write_transaction
-from stillroom.store.tables import completion_metadata, completions, message_contents
+from stillroom.store.db import raw_write_transaction, read_transaction
+from stillroom.store.tables import (
+    completion_metadata,
+    completion_tombstones,
+    completions,
+    message_contents,
+    sequences,
+)
 
 
 @dataclass(slots=True)
 class CompletionRecord:
-    """A completion to keep. Serialisation happens in the writer thread, off the event loop."""
+    """A completion to keep. Hashing and serialising happen on the writer thread, off the event loop: the
+    caller hands it over and does not touch it again."""
 
     id: str
     project_id: str
@@ -47,6 +76,11 @@ class StoredCompletion:
     incomplete: bool
     latency_ms: float
     message_digests: list[str] = field(default_factory=list)
+    seq: int = 0  # place in the commit sequence: the list order
+
+
+class CursorNotFoundError(LookupError):
+    """`after` names no completion of the project, stored or deleted."""
 
 
 _COLUMNS = (
@@ -61,6 +95,7 @@ _COLUMNS = (
     completions.c.incomplete,
     completions.c.latency_ms,
     completions.c.message_digests,
+    completions.c.seq,
 )
 
 
@@ -77,17 +112,11 @@ def _row_to_stored(row: Any) -> StoredCompletion:
         incomplete=row.incomplete,
         latency_ms=row.latency_ms,
         message_digests=orjson.loads(row.message_digests),
+        seq=row.seq,
     )
 
 
-def _upsert(conn: Connection) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(message_contents)
-    return stmt.on_conflict_do_update(
-        index_elements=[message_contents.c.project_id, message_contents.c.digest],
-        set_={"refs": message_contents.c.refs + stmt.excluded.refs},
-    )
-
+# --- save (the group commit) -----------------------------------------------------------------------
 
 _COMPLETION_COLUMNS = (
     "id",
@@ -104,23 +133,35 @@ _COMPLETION_COLUMNS = (
     "incomplete",
     "latency_ms",
     "stored_bytes",
+    "seq",
 )
 # The group commit is the hot write path, so it runs plain SQL through the pool's DBAPI connection:
 # SQLAlchemy Core statement handling costs more than SQLite's commit itself (0.33 ms vs 0.07 ms a batch).
 _SAVE_SQL = (
+    # First: take the batch's sequence numbers. The row lock is held to the commit (see the module doc).
+    "INSERT INTO sequences (name, value) VALUES ('completions', {p}) "
+    "ON CONFLICT (name) DO UPDATE SET value = sequences.value + excluded.value RETURNING value",
     "INSERT INTO message_contents (project_id, digest, body, size, refs) VALUES ({p}, {p}, {p}, {p}, {p}) "
     "ON CONFLICT (project_id, digest) DO UPDATE SET refs = message_contents.refs + excluded.refs",
     f"INSERT INTO completions ({', '.join(_COMPLETION_COLUMNS)}) "
     f"VALUES ({', '.join(['{p}'] * len(_COMPLETION_COLUMNS))})",
-    "INSERT INTO completion_metadata (completion_id, project_id, key, value) VALUES ({p}, {p}, {p}, {p})",
+    "INSERT INTO completion_metadata (completion_id, project_id, key, value, seq) VALUES ({p}, {p}, {p}, {p}, {p})",
 )
+_INT64 = range(-(2**63), 2**63)
 
 
 def save_completions(engine: Engine, records: Sequence[CompletionRecord]) -> None:
-    """Write a batch of completions in one transaction (the group commit)."""
+    """Write a batch of completions in one transaction (the group commit), numbered in batch order after
+    everything committed before it."""
     content_rows, rows, meta_rows = serialise_completions(records)
-    contents_sql, completions_sql, metadata_sql = _save_sql(engine)
+    sequence_sql, contents_sql, completions_sql, metadata_sql = _save_sql(engine)
     with raw_write_transaction(engine) as cursor:
+        cursor.execute(sequence_sql, (len(rows),))
+        first = int(cursor.fetchone()[0]) - len(rows) + 1
+        for row in rows:
+            row[-1] += first
+        for meta in meta_rows:
+            meta[-1] += first
         if content_rows:
             cursor.executemany(contents_sql, content_rows)
         cursor.executemany(completions_sql, rows)
@@ -128,15 +169,17 @@ def save_completions(engine: Engine, records: Sequence[CompletionRecord]) -> Non
             cursor.executemany(metadata_sql, meta_rows)
 
 
-Rows = list[tuple[Any, ...]]
+Rows = list[list[Any]]
 
 
 def serialise_completions(records: Sequence[CompletionRecord]) -> tuple[Rows, Rows, Rows]:
-    """The rows a batch writes: message contents (deduplicated, with ref counts), completions, metadata."""
+    """The rows a batch writes: message contents (deduplicated, with ref counts), completions, metadata.
+    A completion row and its metadata rows end with the record's position in the batch, which
+    `save_completions` turns into its sequence number once it holds the sequence."""
     contents: dict[tuple[str, str], list[Any]] = {}
     rows: Rows = []
     meta_rows: Rows = []
-    for record in records:
+    for position, record in enumerate(records):
         digests = []
         for message in record.messages:
             body = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
@@ -152,11 +195,11 @@ def serialise_completions(records: Sequence[CompletionRecord]) -> tuple[Rows, Ro
         metadata = orjson.dumps(record.metadata)
         digest_list = orjson.dumps(digests)
         rows.append(
-            (
+            [
                 record.id,
                 record.project_id,
                 record.model,
-                int(record.response.get("created") or 0),
+                _created(record.response.get("created")),
                 record.provider,
                 request.decode(),
                 response.decode(),
@@ -167,19 +210,33 @@ def serialise_completions(records: Sequence[CompletionRecord]) -> tuple[Rows, Ro
                 record.incomplete,
                 record.latency_ms,
                 len(request) + len(response) + len(metadata) + len(digest_list),
-            )
+                position,
+            ]
         )
-        meta_rows.extend((record.id, record.project_id, k, v) for k, v in record.metadata.items())
+        meta_rows.extend([record.id, record.project_id, k, v, position] for k, v in record.metadata.items())
     content_rows = [
-        (project, digest, body.decode(), len(body), refs)
+        [project, digest, body.decode(), len(body), refs]
         for (project, digest), (body, refs) in sorted(contents.items())
     ]
     return content_rows, rows, meta_rows
 
 
+def _created(value: Any) -> int:
+    """The upstream's `created` as it was sent (seconds, or milliseconds from some upstreams); 0 when it is
+    missing or not a 64-bit integer. The stored response keeps the original either way."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value in _INT64:
+        return value
+    return 0
+
+
 def _save_sql(engine: Engine) -> tuple[str, ...]:
     placeholder = "?" if engine.dialect.paramstyle == "qmark" else "%s"
     return tuple(sql.format(p=placeholder) for sql in _SAVE_SQL)
+
+
+# --- list ----------------------------------------------------------------------------------------------
 
 
 def list_completions(
@@ -192,16 +249,61 @@ def list_completions(
     limit: int,
     descending: bool,
 ) -> tuple[list[StoredCompletion], bool]:
-    """One keyset page in id (= creation) order, and whether more follow."""
-    with engine.connect() as conn:
-        pairs = _rarest_first(conn, project_id, metadata) if len(metadata) > 1 else list(metadata.items())
-        if pairs is None:
-            return [], False
-        stmt = list_statement(
-            project_id, metadata=pairs, model=model, after=after, limit=limit + 1, descending=descending
-        )
-        rows = conn.execute(stmt).all()
+    """One keyset page in commit order, and whether more follow. `after` is an id (the previous page's
+    last); CursorNotFoundError when the project never had it."""
+    with read_transaction(engine) as conn:
+        after_seq = None if after is None else _cursor_seq(conn, project_id, after)
+        return _page(conn, project_id, metadata, model, after_seq, limit, descending)
+
+
+def list_completions_with_messages(
+    engine: Engine,
+    project_id: str,
+    *,
+    metadata: dict[str, str],
+    model: str | None,
+    after_seq: int | None,
+    limit: int,
+) -> tuple[list[StoredCompletion], dict[str, dict[str, Any]], bool]:
+    """An ascending page of complete completions after `after_seq`, with the bodies of their messages, read
+    in one snapshot (a delete committed meanwhile cannot take a body from under a listed row). Also
+    returns whether more follow; the next page starts after the last row's `seq`."""
+    with read_transaction(engine) as conn:
+        rows, has_more = _page(conn, project_id, metadata, model, after_seq, limit, False)
+        digests = {d for row in rows if not row.incomplete for d in row.message_digests}
+        return rows, _message_bodies(conn, project_id, digests), has_more
+
+
+def _page(
+    conn: Connection,
+    project_id: str,
+    metadata: dict[str, str],
+    model: str | None,
+    after_seq: int | None,
+    limit: int,
+    descending: bool,
+) -> tuple[list[StoredCompletion], bool]:
+    pairs = _rarest_first(conn, project_id, metadata) if len(metadata) > 1 else list(metadata.items())
+    if pairs is None:
+        return [], False
+    stmt = list_statement(
+        project_id, metadata=pairs, model=model, after_seq=after_seq, limit=limit + 1, descending=descending
+    )
+    rows = conn.execute(stmt).all()
     return [_row_to_stored(r) for r in rows[:limit]], len(rows) > limit
+
+
+def _cursor_seq(conn: Connection, project_id: str, completion_id: str) -> int:
+    c, t = completions.c, completion_tombstones.c
+    found = conn.execute(
+        union_all(
+            select(c.seq).where(c.project_id == project_id, c.id == completion_id),
+            select(t.seq).where(t.project_id == project_id, t.id == completion_id),
+        )
+    ).scalar()
+    if found is None:
+        raise CursorNotFoundError(completion_id)
+    return int(found)
 
 
 _SELECTIVITY_PROBE = 1000
@@ -214,7 +316,7 @@ def _rarest_first(conn: Connection, project_id: str, metadata: dict[str, str]) -
     counts = {}
     for pair in metadata.items():
         sample = (
-            select(m.completion_id)
+            select(m.seq)
             .where(m.project_id == project_id, m.key == pair[0], m.value == pair[1])
             .limit(_SELECTIVITY_PROBE)
             .subquery()
@@ -230,40 +332,38 @@ def list_statement(
     *,
     metadata: list[tuple[str, str]],
     model: str | None,
-    after: str | None,
+    after_seq: int | None,
     limit: int,
     descending: bool,
 ) -> Select[Any]:
     """The list query (public so that tests can EXPLAIN it). The first metadata pair drives it."""
     c = completions
     stmt = select(*_COLUMNS).where(c.c.project_id == project_id)
-    key = c.c.id
+    key = c.c.seq
     pairs = metadata
     if pairs:
-        # The first pair drives the query through its (project, key, value, id) index, in id order.
+        # The first pair drives the query through its (project, key, value, seq) index, in list order.
         first = completion_metadata.alias("m0")
         k0, v0 = pairs[0]
         stmt = stmt.join(first, first.c.completion_id == c.c.id).where(
             first.c.project_id == project_id, first.c.key == k0, first.c.value == v0
         )
-        key = first.c.completion_id
+        key = first.c.seq
         for i, (k, v) in enumerate(pairs[1:], start=1):
             m = completion_metadata.alias(f"m{i}")
-            # project_id lets PostgreSQL probe the lookup index; correlating on the driving pair's id keeps
-            # the probe on the index it is already walking.
+            # A point probe of the same index: a completion's seq is unique, so (project, key, value, seq)
+            # finds its pair or nothing.
             stmt = stmt.where(
-                exists().where(
-                    m.c.project_id == project_id,
-                    m.c.key == k,
-                    m.c.value == v,
-                    m.c.completion_id == first.c.completion_id,
-                )
+                exists().where(m.c.project_id == project_id, m.c.key == k, m.c.value == v, m.c.seq == first.c.seq)
             )
     if model is not None:
         stmt = stmt.where(c.c.model == model)
-    if after is not None:
-        stmt = stmt.where(key < after if descending else key > after)
+    if after_seq is not None:
+        stmt = stmt.where(key < after_seq if descending else key > after_seq)
     return stmt.order_by(key.desc() if descending else key.asc()).limit(limit)
+
+
+# --- get -----------------------------------------------------------------------------------------------
 
 
 def get_completion(engine: Engine, project_id: str, completion_id: str) -> StoredCompletion | None:
@@ -275,108 +375,119 @@ def get_completion(engine: Engine, project_id: str, completion_id: str) -> Store
 
 
 def get_messages(engine: Engine, project_id: str, completion_id: str) -> list[dict[str, Any]] | None:
-    """The input messages of a completion, in order; None when there is no such completion."""
-    with engine.connect() as conn:
+    """The input messages of a completion, in order; None when there is no such completion. The digests
+    and the bodies come from one snapshot, so a concurrent delete means "none", never half an answer."""
+    with read_transaction(engine) as conn:
         digests_json = conn.execute(
             select(completions.c.message_digests).where(
                 completions.c.project_id == project_id, completions.c.id == completion_id
             )
         ).scalar()
-    if digests_json is None:
-        return None
-    digests = orjson.loads(digests_json)
-    bodies = get_message_bodies(engine, project_id, set(digests))
+        if digests_json is None:
+            return None
+        digests = orjson.loads(digests_json)
+        bodies = _message_bodies(conn, project_id, set(digests))
     return [bodies[d] for d in digests]
 
 
-def get_message_bodies(engine: Engine, project_id: str, digests: set[str]) -> dict[str, dict[str, Any]]:
-    """Messages by content address (one query however many)."""
+def _message_bodies(conn: Connection, project_id: str, digests: set[str]) -> dict[str, dict[str, Any]]:
+    """Messages by content address (one query per 512)."""
     mc = message_contents.c
     wanted = sorted(digests)
     bodies: dict[str, dict[str, Any]] = {}
-    with engine.connect() as conn:
-        for start in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[start : start + _IN_CHUNK]
-            # Pad to a power of two: a handful of distinct SQL texts instead of one per list length, so the
-            # drivers' statement caches stay small on long exports.
-            chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
-            rows = conn.execute(select(mc.digest, mc.body).where(mc.project_id == project_id, mc.digest.in_(chunk)))
-            bodies.update((digest, orjson.loads(body)) for digest, body in rows)
+    for start in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[start : start + _IN_CHUNK]
+        # Pad to a power of two: a handful of distinct SQL texts instead of one per list length, so the
+        # drivers' statement caches stay small on long exports.
+        chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
+        rows = conn.execute(select(mc.digest, mc.body).where(mc.project_id == project_id, mc.digest.in_(chunk)))
+        bodies.update((digest, orjson.loads(body)) for digest, body in rows)
     return bodies
 
 
 _IN_CHUNK = 512
 
 
+# --- update, delete (run by the writer, in its write transaction) ------------------------------------
+
+
 def update_metadata(
-    engine: Engine,
+    conn: Connection,
     project_id: str,
     completion_id: str,
     merge: Callable[[dict[str, str]], dict[str, str]],
 ) -> StoredCompletion | None:
-    """Replace a completion's metadata with `merge(current)` in one transaction (merge may raise)."""
-    with write_transaction(engine) as conn:
-        stmt = select(*_COLUMNS).where(completions.c.project_id == project_id, completions.c.id == completion_id)
-        if conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        row = conn.execute(stmt).first()
-        if row is None:
-            return None
-        stored = _row_to_stored(row)
-        old_json = row.metadata
-        stored.metadata = merge(stored.metadata)
-        new_json = orjson.dumps(stored.metadata).decode()
-        conn.execute(
-            update(completions)
-            .where(completions.c.id == completion_id)
-            .values(
-                metadata=new_json,
-                stored_bytes=completions.c.stored_bytes + len(new_json.encode()) - len(old_json.encode()),
-            )
+    """Replace a completion's metadata with `merge(current)` (merge may raise: the caller's transaction
+    then rolls back). The completion keeps its place in the list order."""
+    stmt = select(*_COLUMNS).where(completions.c.project_id == project_id, completions.c.id == completion_id)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).first()
+    if row is None:
+        return None
+    stored = _row_to_stored(row)
+    old_json = row.metadata
+    stored.metadata = merge(stored.metadata)
+    new_json = orjson.dumps(stored.metadata).decode()
+    conn.execute(
+        update(completions)
+        .where(completions.c.id == completion_id)
+        .values(
+            metadata=new_json,
+            stored_bytes=completions.c.stored_bytes + len(new_json.encode()) - len(old_json.encode()),
         )
-        conn.execute(delete(completion_metadata).where(completion_metadata.c.completion_id == completion_id))
-        if stored.metadata:
-            conn.execute(
-                insert(completion_metadata),
-                [
-                    {"completion_id": completion_id, "project_id": project_id, "key": k, "value": v}
-                    for k, v in stored.metadata.items()
-                ],
-            )
+    )
+    conn.execute(delete(completion_metadata).where(completion_metadata.c.completion_id == completion_id))
+    if stored.metadata:
+        conn.execute(
+            insert(completion_metadata),
+            [
+                {"completion_id": completion_id, "project_id": project_id, "key": k, "value": v, "seq": stored.seq}
+                for k, v in stored.metadata.items()
+            ],
+        )
     return stored
 
 
-def delete_completion(engine: Engine, project_id: str, completion_id: str) -> bool:
-    """Delete a completion and release its message contents; False when there was none."""
-    with write_transaction(engine) as conn:
-        digests_json = conn.execute(
-            delete(completions)
-            .where(completions.c.project_id == project_id, completions.c.id == completion_id)
-            .returning(completions.c.message_digests)
-        ).scalar()
-        if digests_json is None:
-            return False
-        conn.execute(delete(completion_metadata).where(completion_metadata.c.completion_id == completion_id))
-        counts: dict[str, int] = {}
-        for digest in orjson.loads(digests_json):
-            counts[digest] = counts.get(digest, 0) + 1
-        mc = message_contents.c
-        for digest, n in sorted(counts.items()):
-            conn.execute(
-                update(message_contents)
-                .where(mc.project_id == project_id, mc.digest == digest)
-                .values(refs=mc.refs - n)
-            )
+def delete_completion(conn: Connection, project_id: str, completion_id: str) -> bool:
+    """Delete a completion and release its message contents; False when there was none. Its sequence
+    number stays behind as a tombstone, so `after=<its id>` still resumes where it was."""
+    deleted = conn.execute(
+        delete(completions)
+        .where(completions.c.project_id == project_id, completions.c.id == completion_id)
+        .returning(completions.c.message_digests, completions.c.seq)
+    ).first()
+    if deleted is None:
+        return False
+    conn.execute(insert(completion_tombstones).values(id=completion_id, project_id=project_id, seq=deleted.seq))
+    conn.execute(delete(completion_metadata).where(completion_metadata.c.completion_id == completion_id))
+    counts: dict[str, int] = {}
+    for digest in orjson.loads(deleted.message_digests):
+        counts[digest] = counts.get(digest, 0) + 1
+    mc = message_contents.c
+    for digest, n in sorted(counts.items()):
         conn.execute(
-            delete(message_contents).where(and_(mc.project_id == project_id, mc.digest.in_(list(counts)), mc.refs <= 0))
+            update(message_contents).where(mc.project_id == project_id, mc.digest == digest).values(refs=mc.refs - n)
         )
+    conn.execute(
+        delete(message_contents).where(and_(mc.project_id == project_id, mc.digest.in_(list(counts)), mc.refs <= 0))
+    )
     return True
+
+
+def probe_writes(conn: Connection) -> None:
+    """Touch every table a save writes, changing nothing: whether the writer could commit right now."""
+    for table in (sequences, completions, completion_metadata, message_contents):
+        conn.execute(select(literal(1)).select_from(table).limit(0)).all()
+
+
+# --- accounting ----------------------------------------------------------------------------------------
 
 
 def storage_usage(engine: Engine) -> dict[str, int]:
     """Bytes actually kept per project: completion rows plus the (shared) message contents."""
     usage: dict[str, int] = {}
-    with engine.connect() as conn:
+    with read_transaction(engine) as conn:
         for project, total in conn.execute(
             select(completions.c.project_id, func.sum(completions.c.stored_bytes)).group_by(completions.c.project_id)
         ):
@@ -392,7 +503,7 @@ def storage_usage(engine: Engine) -> dict[str, int]:
 
 def count_rows(engine: Engine) -> dict[str, int]:
     """Row counts of every stored table (what error-path tests check did not change)."""
-    with engine.connect() as conn:
+    with read_transaction(engine) as conn:
         return {
             table.name: int(conn.execute(select(func.count()).select_from(table)).scalar() or 0)
             for table in (completions, completion_metadata, message_contents)

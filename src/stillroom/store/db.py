@@ -25,14 +25,22 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int = 8) -> Engine:
+def make_engine(
+    url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int = 8, lock_timeout: float = 30.0
+) -> Engine:
+    """`lock_timeout`: SQLite's busy timeout, the longest a write waits for another process's write lock (the
+    server passes its store timeout: nobody waits for a commit longer than that). PostgreSQL connections
+    give up connecting after 10 s, so a database that went away fails a write rather than hanging it."""
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        return create_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args={"timeout": 30})
+    busy_ms = max(1, int(lock_timeout * 1000))
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args={"timeout": lock_timeout})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -40,11 +48,11 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int 
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
-        # No checkpoint inside a commit (it would stall the event loop that commits inline): the commit
-        # queue runs passive checkpoints on a worker thread instead (checkpoint_wal).
+        # No checkpoint inside a commit (it would hold up every completion waiting on that commit): the
+        # writer runs passive checkpoints on a thread of their own instead (checkpoint_wal).
         cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -65,6 +73,18 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
                 yield conn
         finally:
             conn.info.pop("write", None)
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """One consistent snapshot for several statements: REPEATABLE READ on PostgreSQL (READ COMMITTED would
+    let each statement see a different set of commits); on SQLite a deferred transaction, whose first read
+    fixes the snapshot (WAL)."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with conn.begin():
+            yield conn
 
 
 @contextmanager

@@ -1,16 +1,26 @@
-"""Group commit: completions are written in batches, one transaction per batch.
+"""The writer: one thread per process performs every database write, in arrival order.
 
-Every completion that arrives while a batch is being written joins the next one, so durability costs one
-commit per batch rather than one per completion. Two ways to run it, chosen by the database:
+Completions are written in batches (the group commit): every completion that arrives while a batch is being
+written joins the next one, so durability costs one commit per batch rather than one per completion. Any
+other write (a metadata update, a delete, and later job and quota writes) is a function of a Connection
+that the writer runs in a write transaction of its own (`write`, `submit_write`).
 
-- inline (SQLite): completions that finish in the same event-loop iteration are committed together at the
-  end of it, on the loop itself. A SQLite commit in WAL mode takes tens of microseconds, less than the two
-  thread wake-ups a writer thread would cost each request. The WAL is checkpointed every
-  `CHECKPOINT_EVERY` batches on a worker thread, never inside a commit (at 1000 req/s, every 100 batches gave
-  a p90 of 2.1-2.2 ms, every 1000 batches 1.2-1.3 ms; p50 alike, about 1.0 ms).
-- thread (PostgreSQL): one writer thread, since a commit waits on the server and the network.
+Nothing here runs on the event loop: the loop hands a record or a function to the thread (a queue put) and
+is woken once per batch with the outcomes (one `call_soon_threadsafe` per loop and batch). Pool checkout,
+`BEGIN IMMEDIATE` (which waits while another process holds SQLite's write lock), hashing and serialising
+histories, and the commit itself all happen on the writer thread. SQLite's WAL is checkpointed every
+`CHECKPOINT_EVERY` batches on a thread of its own, never inside a commit.
 
-Callers wait with `commit(record)`; `enqueue(record)` stores without waiting (for streams that broke off).
+Failures. A data or integrity error (a duplicate id, a value the column refuses) belongs to one record, so
+that batch is retried record by record and only the culprit fails. Any other error (the database is
+locked, down, or its tables are gone) would fail every record alike: the batch fails once, every caller
+learns it at once (`x-stillroom-stored: false`), the first such failure is logged and the others counted.
+`is_degraded` reports it (and a write that has been running for longer than `stall_after`) until a
+write succeeds again; while failing and idle, the writer probes the database every `PROBE_EVERY` seconds,
+so that health recovers even when nothing is being stored.
+
+Callers: `await commit(record, timeout)` (returns once committed), `enqueue(record)` (no wait, for streams
+that broke off), `submit(record)` (a concurrent Future, for threads), `await write(fn)`.
 """
 
 from __future__ import annotations
@@ -20,85 +30,232 @@ import contextlib
 import logging
 import queue
 import threading
-from concurrent.futures import Future, InvalidStateError
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from stillroom.store.completions import CompletionRecord, save_completions
-from stillroom.store.db import checkpoint_wal
+from stillroom.store.completions import CompletionRecord, probe_writes, save_completions
+from stillroom.store.db import checkpoint_wal, write_transaction
 
 log = logging.getLogger("stillroom.store")
 
+T = TypeVar("T")
+CHECKPOINT_EVERY = 1000  # batches between WAL checkpoints (about 40 MB of WAL at most)
+PROBE_EVERY = 1.0  # seconds between probes while writes are failing and none is queued
 _STOP = object()
-CHECKPOINT_EVERY = 1000  # inline batches between WAL checkpoints (about 40 MB of WAL at most)
-_Waiter = Future[None] | asyncio.Future[None] | None
+
+
+@dataclass(slots=True)
+class _LoopWaiter:
+    """A caller on an event loop: resolved on that loop, with one wake-up per batch."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+_Waiter = Future[Any] | _LoopWaiter | None
+
+
+@dataclass(slots=True)
+class _Write:
+    fn: Callable[[Connection], Any]
+    waiter: _Waiter
+
+
+_Item = tuple[CompletionRecord, _Waiter] | _Write
 
 
 class CommitQueue:
-    def __init__(self, engine: Engine, *, batch_size: int = 512, inline: bool | None = None) -> None:
+    def __init__(self, engine: Engine, *, batch_size: int = 512, stall_after: float = 10.0) -> None:
         self._engine = engine
         self._batch_size = batch_size
-        self.inline = engine.dialect.name == "sqlite" if inline is None else inline
+        self._stall_after = stall_after
         self.committed = 0
         self.failed = 0
         self.batches = 0
-        self._pending: list[tuple[CompletionRecord, _Waiter]] = []
+        self.last_error: str | None = None
+        self._failing_since: float | None = None  # monotonic time of the first failure since the last success
+        self._busy_since: float | None = None  # monotonic start of the write in progress
         self._since_checkpoint = 0
-        self._checkpoint: asyncio.Future[None] | None = None
+        self._checkpoints = ThreadPoolExecutor(1, thread_name_prefix="stillroom-checkpoint")
+        self._checkpoint: Future[None] | None = None
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        if not self.inline:
-            self._thread = threading.Thread(target=self._run, name="stillroom-commit", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, name="stillroom-writer", daemon=True)
+        self._thread.start()
+
+    # --- the callers' side ---
 
     async def commit(self, record: CompletionRecord, timeout: float) -> None:
         """Return once `record` is committed; raise what storing raised, or TimeoutError."""
-        if not self.inline:
-            await asyncio.wait_for(asyncio.wrap_future(self.submit(record)), timeout)
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._add(record, future)
-        await future  # inline commits block the loop, so there is nothing a timeout could interrupt
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((record, _LoopWaiter(loop, future)))
+        async with asyncio.timeout(timeout):
+            await future
 
     def enqueue(self, record: CompletionRecord) -> None:
         """Store without waiting for the outcome (failures are still logged and counted)."""
-        if self.inline:
-            self._add(record, None)
-        else:
-            self.submit(record)
+        self._queue.put((record, None))
 
     def submit(self, record: CompletionRecord) -> Future[None]:
-        """Thread mode: queue `record`; the future resolves once it is committed."""
+        """Queue `record` from any thread; the future resolves once it is committed."""
         future: Future[None] = Future()
         self._queue.put((record, future))
         return future
 
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn(conn)` in a write transaction of its own on the writer thread and return its result; what
+        it raises rolls the transaction back and is raised here."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Write(fn, _LoopWaiter(loop, future)))
+        return await future
+
+    def submit_write(self, fn: Callable[[Connection], T]) -> Future[T]:
+        """`write` for callers on a thread."""
+        future: Future[T] = Future()
+        self._queue.put(_Write(fn, future))
+        return future
+
+    def is_degraded(self) -> bool:
+        """Writes are failing (since the last success), or the one in progress has been stuck too long."""
+        busy = self._busy_since
+        return self._failing_since is not None or (busy is not None and time.monotonic() - busy > self._stall_after)
+
+    def health(self) -> dict[str, Any]:
+        failing = self._failing_since
+        return {
+            "committed": self.committed,
+            "failed": self.failed,
+            "batches": self.batches,
+            "failing_for_s": None if failing is None else round(time.monotonic() - failing, 3),
+            "last_error": self.last_error,
+        }
+
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued, then stop."""
-        while self._pending:
-            batch, self._pending = self._pending[: self._batch_size], self._pending[self._batch_size :]
-            self._write(batch)
-        if self.inline:
-            self._run_checkpoint()
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join(timeout)
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._checkpoints.shutdown(wait=True)
+        self._run_checkpoint()
 
-    def _add(self, record: CompletionRecord, waiter: _Waiter) -> None:
-        self._pending.append((record, waiter))
-        if len(self._pending) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+    # --- the writer thread ---
 
-    def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        batch, self._pending = self._pending[: self._batch_size], self._pending[self._batch_size :]
-        if self._pending:
-            loop.call_soon(self._flush)
-        self._write(batch)
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=PROBE_EVERY if self._failing_since is not None else None)
+            except queue.Empty:
+                self._probe()
+                continue
+            items = [item]
+            while item is not _STOP and len(items) < self._batch_size:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                items.append(item)
+            stop = items[-1] is _STOP
+            if stop:
+                items.pop()
+            self._drain(items)  # type: ignore[arg-type]
+            if stop:
+                return
+
+    def _drain(self, items: list[_Item]) -> None:
+        """Write in arrival order: consecutive records as one batch, each function on its own."""
+        batch: list[tuple[CompletionRecord, _Waiter]] = []
+        for item in items:
+            if isinstance(item, _Write):
+                if batch:
+                    self._save(batch)
+                    batch = []
+                self._run_write(item)
+            else:
+                batch.append(item)
+        if batch:
+            self._save(batch)
+
+    def _save(self, batch: list[tuple[CompletionRecord, _Waiter]]) -> None:
+        outcomes: list[tuple[_Waiter, Any, BaseException | None]] = []
+        self._save_split(batch, outcomes)
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY and (self._checkpoint is None or self._checkpoint.done()):
             self._since_checkpoint = 0
-            self._checkpoint = loop.run_in_executor(None, self._run_checkpoint)
+            self._checkpoint = self._checkpoints.submit(self._run_checkpoint)
+        _settle_all(outcomes)
+
+    def _save_split(
+        self, batch: list[tuple[CompletionRecord, _Waiter]], outcomes: list[tuple[_Waiter, Any, BaseException | None]]
+    ) -> None:
+        self._busy_since = time.monotonic()
+        try:
+            save_completions(self._engine, [record for record, _ in batch])
+        except Exception as exc:  # the edge of the writer: classify, count, report to each caller
+            self._busy_since = None
+            if not _is_data_error(exc):
+                self._failing(exc, f"storing completions failed ({len(batch)} in this batch)")
+                self.failed += len(batch)
+                outcomes.extend((waiter, None, exc) for _, waiter in batch)
+            elif len(batch) > 1:  # one bad record must not sink the others
+                for entry in batch:
+                    self._save_split([entry], outcomes)
+            else:
+                self.failed += 1
+                log.error("storing completion %s failed: %s", batch[0][0].id, exc)
+                outcomes.append((batch[0][1], None, exc))
+            return
+        self._busy_since = None
+        self._succeeded()
+        self.batches += 1
+        self.committed += len(batch)
+        outcomes.extend((waiter, None, None) for _, waiter in batch)
+
+    def _run_write(self, item: _Write) -> None:
+        self._busy_since = time.monotonic()
+        try:
+            with write_transaction(self._engine) as conn:
+                result = item.fn(conn)
+        except Exception as exc:  # the edge of the writer: the caller gets what its function raised
+            self._busy_since = None
+            if _is_database_error(exc) and not _is_data_error(exc):
+                self._failing(exc, "a write failed")
+            _settle_all([(item.waiter, None, exc)])
+            return
+        self._busy_since = None
+        self._succeeded()
+        _settle_all([(item.waiter, result, None)])
+
+    def _probe(self) -> None:
+        try:
+            with write_transaction(self._engine) as conn:
+                probe_writes(conn)
+        except Exception as exc:  # the edge of the writer: still failing
+            self.last_error = _describe(exc)
+            return
+        self._succeeded()
+
+    def _failing(self, exc: Exception, what: str) -> None:
+        self.last_error = _describe(exc)
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.error("%s: %s; later failures are counted, not logged, until a write succeeds", what, exc)
+
+    def _succeeded(self) -> None:
+        if self._failing_since is not None:
+            log.warning(
+                "storing resumed after %.1fs of failures (%d completions not stored in all)",
+                time.monotonic() - self._failing_since,
+                self.failed,
+            )
+            self._failing_since = None
+            self.last_error = None
 
     def _run_checkpoint(self) -> None:
         try:
@@ -106,51 +263,44 @@ class CommitQueue:
         except Exception as exc:  # the edge of a worker thread: a failed checkpoint is retried next time
             log.warning("WAL checkpoint failed: %s", exc)
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self._batch_size:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._write(batch)  # type: ignore[arg-type]
-            if stop:
-                return
 
-    def _write(self, batch: list[tuple[CompletionRecord, _Waiter]]) -> None:
-        try:
-            save_completions(self._engine, [record for record, _ in batch])
-        except Exception as exc:  # the edge of the writer: log, count, report to each caller
-            if len(batch) > 1:  # one bad record must not sink the others
-                for entry in batch:
-                    self._write([entry])
-                return
-            self.failed += 1
-            log.error("storing completion %s failed: %s", batch[0][0].id, exc)
-            _settle(batch[0][1], exc)
-            return
-        self.batches += 1
-        self.committed += len(batch)
-        for _, waiter in batch:
-            _settle(waiter, None)
+def _is_data_error(exc: BaseException) -> bool:
+    """An error of one record's data (retrying it alone isolates it), as opposed to the database's state.
+    TypeError, ValueError and OverflowError come from serialising or binding a value."""
+    return isinstance(exc, IntegrityError | DataError | TypeError | ValueError | OverflowError)
 
 
-def _settle(waiter: _Waiter, exc: Exception | None) -> None:
-    """Report to the caller, unless it stopped waiting: a timed-out or abandoned wait cancels the future,
-    and resolving a cancelled future raises, which would kill the writer."""
-    if waiter is None:
-        return
+def _is_database_error(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError | PoolTimeoutError | OSError)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
+def _settle_all(outcomes: list[tuple[_Waiter, Any, BaseException | None]]) -> None:
+    """Report to each caller: threads directly, each event loop with one wake-up for all of its callers."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+    for waiter, result, exc in outcomes:
+        if isinstance(waiter, _LoopWaiter):
+            by_loop.setdefault(waiter.loop, []).append((waiter.future, result, exc))
+        elif waiter is not None:
+            _settle(waiter, result, exc)
+    for loop, entries in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle_each, entries)
+
+
+def _settle_each(entries: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, exc in entries:
+        _settle(future, result, exc)
+
+
+def _settle(waiter: Future[Any] | asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    """Resolve, unless the caller stopped waiting: a timed-out or abandoned wait cancels the future, and
+    resolving a cancelled future raises, which would kill the writer."""
     with contextlib.suppress(InvalidStateError, asyncio.InvalidStateError):
         if exc is None:
-            waiter.set_result(None)
+            waiter.set_result(result)
         else:
             waiter.set_exception(exc)
