@@ -1,0 +1,1 @@
+"""Evaluations: datasets from stored completions, graders, runs and comparisons."""
