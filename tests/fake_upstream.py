@@ -10,6 +10,15 @@ and it misbehaves on request (chosen by the `model` name) so fault tests can che
     fault-429       429 with `retry-after: 1`
     fault-reset     closes the connection without answering
     fault-cut       starts a stream, sends a few chunks, then drops the connection
+    fault-401       401 `invalid_api_key`, quoting the key it was sent (as OpenAI does, masked)
+    fault-403       403 `permission_denied`
+    fault-redirect  307 to /redirected/..., which answers a canned completion (a server that moved)
+    fault-not-json  200 with an HTML body; streamed, an HTML line as the first `data:`
+    fault-array     200 with a JSON array body; streamed, `data: [1, 2]` as the first event
+    fault-bad-chunk a stream whose fourth event is `data: {not json`, then the rest and [DONE]
+    fault-array-chunk  the same with `data: ["an", "array"]` as the fourth event
+    azure-filters   Azure's shape: a `prompt_filter_results` chunk first, `content_filter_results` on choices
+    echo            a completion whose content is the JSON request body the fake received
 
 Raw asyncio (uvloop when present) with HTTP/1.1 keep-alive: no framework, so it costs little.
 Run: python -m tests.fake_upstream --port 9100
@@ -27,7 +36,7 @@ FAULT_SLOW_SECONDS = 2.0
 ANSWER = "The quick brown fox jumps over the lazy dog. " * 4
 
 
-def _completion(model: str) -> bytes:
+def _completion(model: str, content: str = ANSWER) -> bytes:
     return orjson.dumps(
         {
             "id": "chatcmpl-fake0000000000000000000000000",
@@ -38,7 +47,7 @@ def _completion(model: str) -> bytes:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": ANSWER, "refusal": None},
+                    "message": {"role": "assistant", "content": content, "refusal": None},
                     "logprobs": None,
                     "finish_reason": "stop",
                 }
@@ -48,7 +57,7 @@ def _completion(model: str) -> bytes:
     )
 
 
-def _chunks(model: str, include_usage: bool) -> list[bytes]:
+def _chunks(model: str, include_usage: bool, text: str | None = None) -> list[bytes]:
     head = {
         "id": "chatcmpl-fake-stream",
         "object": "chat.completion.chunk",
@@ -56,7 +65,8 @@ def _chunks(model: str, include_usage: bool) -> list[bytes]:
         "model": model,
     }
     usage = {"usage": None} if include_usage else {}
-    deltas = [{"role": "assistant", "content": ""}] + [{"content": w + " "} for w in ANSWER.split()[:12]]
+    pieces = [w + " " for w in ANSWER.split()[:12]] if text is None else [text]
+    deltas = [{"role": "assistant", "content": ""}] + [{"content": piece} for piece in pieces]
     events = [
         {**head, **usage, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}
         for d in deltas
@@ -67,6 +77,27 @@ def _chunks(model: str, include_usage: bool) -> list[bytes]:
             {**head, "choices": [], "usage": {"prompt_tokens": 25, "completion_tokens": 12, "total_tokens": 37}}
         )
     return [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+
+
+def _azure_chunks(model: str, include_usage: bool) -> list[bytes]:
+    """Azure OpenAI's streams: a first chunk with empty id/model and only the prompt's filter results, then
+    the usual chunks with each choice's `content_filter_results`."""
+    safe = {"filtered": False, "severity": "safe"}
+    prompt = {
+        "id": "",
+        "object": "",
+        "created": 0,
+        "model": "",
+        "choices": [],
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {"hate": safe, "violence": safe}}],
+    }
+    events = [b"data: " + orjson.dumps(prompt) + b"\n\n"]
+    for event in _chunks(model, include_usage)[:-1]:
+        chunk = orjson.loads(event[6:])
+        for choice in chunk["choices"]:
+            choice["content_filter_results"] = {"hate": safe, "self_harm": safe} if choice["delta"] else {}
+        events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    return [*events, b"data: [DONE]\n\n"]
 
 
 def _response(status: str, body: bytes, extra: bytes = b"") -> bytes:
@@ -82,10 +113,25 @@ def _response(status: str, body: bytes, extra: bytes = b"") -> bytes:
     )
 
 
-def _error(status: str, message: str, kind: str) -> bytes:
-    envelope = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+def _error(status: str, message: str, kind: str, code: str | None = None) -> bytes:
+    envelope = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     extra = b"retry-after: 1\r\n" if status.startswith("429") else b""
     return _response(status, orjson.dumps(envelope), extra)
+
+
+_CANNED_FAULTS = {
+    "fault-401": _error(
+        "401 Unauthorized",
+        "Incorrect API key provided: sk-test-*****************9876. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        "invalid_api_key",
+    ),
+    "fault-403": _error(
+        "403 Forbidden", "You are not allowed to use this model.", "invalid_request_error", "permission_denied"
+    ),
+}
+_MALFORMED = {"fault-not-json": b"<html><body>502 Bad Gateway</body></html>", "fault-array": b"[1, 2]"}
 
 
 class _Connection(asyncio.Protocol):
@@ -116,6 +162,9 @@ class _Connection(asyncio.Protocol):
 
     def _answer(self, request_line: str, body: bytes) -> None:
         assert self.transport is not None
+        if " /redirected/" in request_line:
+            self.transport.write(_response("200 OK", _completion("redirected")))
+            return
         if "/chat/completions" not in request_line:
             self.transport.write(_error("404 Not Found", "no such route", "invalid_request_error"))
             return
@@ -138,19 +187,41 @@ class _Connection(asyncio.Protocol):
         if model == "fault-429":
             self.transport.write(_error("429 Too Many Requests", "slow down", "rate_limit_error"))
             return
+        if model in _CANNED_FAULTS:
+            self.transport.write(_CANNED_FAULTS[model])
+            return
+        if model == "fault-redirect":
+            location = b"location: /redirected/chat/completions\r\n"
+            self.transport.write(_response("307 Temporary Redirect", b"", location))
+            return
+        if model == "echo":
+            self._send(model, stream, include_usage, echo=body.decode())
+            return
+        if model in ("fault-not-json", "fault-array") and not stream:
+            self.transport.write(_response("200 OK", _MALFORMED[model]))
+            return
         if model == "fault-slow":
             asyncio.get_running_loop().call_later(FAULT_SLOW_SECONDS, self._send, model, stream, include_usage)
             return
         self._send(model, stream, include_usage)
 
-    def _send(self, model: str, stream: bool, include_usage: bool) -> None:
+    def _send(self, model: str, stream: bool, include_usage: bool, echo: str | None = None) -> None:
         assert self.transport is not None
         if self.transport.is_closing():
             return
         if not stream:
-            self.transport.write(_response("200 OK", _completion(model)))
+            self.transport.write(_response("200 OK", _completion(model, ANSWER if echo is None else echo)))
             return
-        events = _chunks(model, include_usage)
+        if model == "azure-filters":
+            events = _azure_chunks(model, include_usage)
+        else:
+            events = _chunks(model, include_usage, echo)
+        if model in ("fault-not-json", "fault-array"):
+            events[0] = b"data: " + _MALFORMED[model] + b"\n\n"
+        if model == "fault-bad-chunk":
+            events[3] = b"data: {not json\n\n"
+        if model == "fault-array-chunk":
+            events[3] = b'data: ["an", "array"]\n\n'
         self.transport.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
         )

@@ -1,4 +1,10 @@
-"""complete_chat: route to the provider, forward, relay (tee-ing streams), and record what was asked."""
+"""complete_chat: route to the provider, forward, relay (tee-ing streams), and record what was asked.
+
+A stored call is sent upstream with a seed (generated when the client sent none, and recorded, so the
+stored request reproduces) and, when streamed, with `stream_options.include_usage`, so that every stored
+completion has its usage; the usage chunk is taken out again for a client that did not ask for it.
+Whatever the upstream answers must be a JSON object (each chunk, for streams): anything else is a 502.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from stillroom.store.completions import CompletionRecord
 from stillroom.store.writer import CommitQueue
 from stillroom.wire.chat import ChatRequest
 from stillroom.wire.completions import StreamAssembler
-from stillroom.wire.ids import new_completion_id
+from stillroom.wire.ids import new_completion_id, new_seed
 
 log = logging.getLogger("stillroom.gateway")
 
@@ -47,15 +53,13 @@ class Gateway:
     async def complete_chat(self, request: ChatRequest, principal: Principal, request_id: str) -> Answer:
         model, provider = self._registry.get(request.model)
         started = time.perf_counter()
-        raw = await provider.complete(_upstream_body(request, model))
+        asked = _asked(request)
+        raw = await provider.complete(_upstream_body(asked, request, model))
+        completion = _json_object(raw, model, "answered with")
         if not request.store:
             return Answer(raw, None)
-        try:
-            completion = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadGatewayError(f"The upstream for model {model.name!r} answered with invalid JSON.") from exc
         completion["id"] = new_completion_id()
-        record = _record(request, principal, model, provider.kind, completion, request_id, started, False)
+        record = _record(request, asked, principal, model, provider.kind, completion, request_id, started, False)
         body = orjson.dumps(completion)
         return Answer(body, await self._commit(record))
 
@@ -63,58 +67,59 @@ class Gateway:
         """Open the upstream stream and read its first chunk, so failures up to there are plain HTTP errors."""
         model, provider = self._registry.get(request.model)
         started = time.perf_counter()
-        chunks = aiter(provider.stream(_upstream_body(request, model)))
+        asked = _asked(request)
+        body = _upstream_body(asked, request, model)
+        client_usage = _wants_usage(request.body)
+        if request.store and not client_usage:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        chunks = aiter(provider.stream(body))
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
             raise BadGatewayError(f"The upstream for model {model.name!r} sent an empty stream.") from None
-        return StreamAnswer(self._relay(first, chunks, request, principal, model, provider.kind, request_id, started))
+        try:
+            _json_object(first, model, "streamed")
+        except BadGatewayError:
+            _close_later(chunks)
+            raise
+        relay = _Relay(request, asked, principal, model, provider.kind, request_id, started, client_usage)
+        return StreamAnswer(self._relay(first, chunks, relay))
 
-    async def _relay(
-        self,
-        first: bytes,
-        chunks: AsyncIterator[bytes],
-        request: ChatRequest,
-        principal: Principal,
-        model: ModelConfig,
-        provider_kind: str,
-        request_id: str,
-        started: float,
-    ) -> AsyncIterator[bytes]:
+    async def _relay(self, first: bytes, chunks: AsyncIterator[bytes], relay: _Relay) -> AsyncIterator[bytes]:
+        request, model = relay.request, relay.model
         assembler = StreamAssembler() if request.store else None
+        strip_usage = request.store and not relay.client_usage
         completion_id = new_completion_id()
         finished = False
         payload: bytes | None = first
         try:
             while payload is not None:
+                chunk = _json_object(payload, model, "streamed")
+                sent: bytes | None = payload
                 if assembler is not None:
-                    chunk = orjson.loads(payload)
                     assembler.add(chunk)
-                    chunk["id"] = completion_id
-                    payload = orjson.dumps(chunk)
-                yield b"data: " + payload + b"\n\n"
+                    sent = _client_chunk(chunk, completion_id, strip_usage)
+                if sent is not None:
+                    yield b"data: " + sent + b"\n\n"
                 payload = await anext(chunks, None)
             finished = True
         except StillroomError as exc:
-            log.warning("stream for %s broke off: %s", request_id, exc.message)
-            yield b"data: " + orjson.dumps(exc.to_envelope()) + b"\n\n"  # and the stream ends there
+            log.warning("stream for %s broke off: %s", relay.request_id, exc.message)
+            yield b"data: " + orjson.dumps(exc.to_envelope()) + b"\n\n"  # and the stream ends there, no [DONE]
         finally:
             if not finished:  # stop the upstream now (a local model would otherwise keep generating)
                 _close_later(chunks)
             if assembler is not None and not finished and assembler.chunks:
                 # Broken or abandoned: keep what arrived, marked incomplete. No waiting here: the
                 # client is gone or already has its error.
-                completion = _assembled(assembler, completion_id)
-                self._commits.enqueue(
-                    _record(request, principal, model, provider_kind, completion, request_id, started, True)
-                )
+                self._commits.enqueue(relay.record(_assembled(assembler, completion_id), incomplete=True))
         if not finished:
             return
-        if assembler is not None:
-            completion = _assembled(assembler, completion_id)
-            record = _record(request, principal, model, provider_kind, completion, request_id, started, False)
-            if not await self._commit(record):
-                yield b": stillroom-stored false\n\n"
+        stored = assembler is None or await self._commit(
+            relay.record(_assembled(assembler, completion_id), incomplete=False)
+        )
+        if not stored:
+            yield b": stillroom-stored false\n\n"
         yield b"data: [DONE]\n\n"
 
     async def _commit(self, record: CompletionRecord) -> bool:
@@ -142,11 +147,70 @@ def _close_later(chunks: AsyncIterator[bytes]) -> None:
     task.add_done_callback(_closing.discard)
 
 
-def _upstream_body(request: ChatRequest, model: ModelConfig) -> dict[str, Any]:
-    body = request.body
+@dataclass(slots=True)
+class _Relay:
+    """What relaying one stream needs to know, and how to record what it assembled."""
+
+    request: ChatRequest
+    asked: dict[str, Any]
+    principal: Principal
+    model: ModelConfig
+    provider_kind: str
+    request_id: str
+    started: float
+    client_usage: bool
+
+    def record(self, completion: dict[str, Any], *, incomplete: bool) -> CompletionRecord:
+        return _record(
+            self.request,
+            self.asked,
+            self.principal,
+            self.model,
+            self.provider_kind,
+            completion,
+            self.request_id,
+            self.started,
+            incomplete,
+        )
+
+
+def _asked(request: ChatRequest) -> dict[str, Any]:
+    """The request as sent upstream and recorded: the client's, plus a generated seed when storing without one."""
+    if request.store and request.body.get("seed") is None:
+        return {**request.body, "seed": new_seed()}
+    return request.body
+
+
+def _upstream_body(asked: dict[str, Any], request: ChatRequest, model: ModelConfig) -> dict[str, Any]:
     if model.forward_store:
-        return {**body, "model": model.target_model}
-    return {k: v for k, v in body.items() if k not in _NOT_FORWARDED} | {"model": model.target_model}
+        return {**asked, "model": model.target_model}
+    return {k: v for k, v in asked.items() if k not in _NOT_FORWARDED} | {"model": model.target_model}
+
+
+def _wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def _client_chunk(chunk: dict[str, Any], completion_id: str, strip_usage: bool) -> bytes | None:
+    """A stored stream's chunk as the client gets it: with Stillroom's id, and without the usage that only
+    Stillroom asked for (None: the extra usage chunk, not sent at all)."""
+    if strip_usage:
+        if not chunk.get("choices") and chunk.get("usage") is not None:
+            return None
+        chunk.pop("usage", None)
+    chunk["id"] = completion_id
+    return orjson.dumps(chunk)
+
+
+def _json_object(raw: bytes, model: ModelConfig, what: str) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise BadGatewayError(f"The upstream for model {model.name!r} {what} something that is not a JSON object.")
+    return parsed
 
 
 def _assembled(assembler: StreamAssembler, completion_id: str) -> dict[str, Any]:
@@ -157,6 +221,7 @@ def _assembled(assembler: StreamAssembler, completion_id: str) -> dict[str, Any]
 
 def _record(
     request: ChatRequest,
+    asked: dict[str, Any],
     principal: Principal,
     model: ModelConfig,
     provider_kind: str,
@@ -170,7 +235,7 @@ def _record(
         project_id=principal.project_id,
         model=request.model,
         provider=provider_kind,
-        request={k: v for k, v in request.body.items() if k not in _NOT_RECORDED},
+        request={k: v for k, v in asked.items() if k not in _NOT_RECORDED},
         response=completion,
         messages=request.body["messages"],
         metadata=request.metadata or {},

@@ -1,13 +1,18 @@
 """OpenAI and any OpenAI-compatible upstream (vLLM, Ollama, llama.cpp server, another Stillroom), and Azure
 OpenAI deployments. One aiohttp session (one connection pool) serves every upstream: on this hot path
 aiohttp costs about a third of what httpx's async client does (0.17 ms vs 0.47 ms p50 per call, measured
-against the benchmark's fake upstream)."""
+against the benchmark's fake upstream).
+
+Upstream redirects are not followed (they would carry the key to wherever they point): a 3xx is a 502.
+An upstream refusing Stillroom's own key (401/403) is a 502 `upstream_auth_failed` naming the model, not
+the client's `invalid_api_key`: the client's key was fine. Transport failures name the upstream's host."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -16,6 +21,7 @@ from stillroom.config import ModelConfig
 from stillroom.errors import BadGatewayError, GatewayTimeoutError, StillroomError, UpstreamError
 
 _RELAYED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
+_CREDENTIALS_REFUSED = (401, 403)
 
 
 def make_session(*, max_connections: int, connect_timeout: float) -> aiohttp.ClientSession:
@@ -48,6 +54,7 @@ class HTTPProvider:
         self._model = model
         self._session = session
         self._url = url
+        self._host = _host(url)
         self._params = params
         self._key_header = key_header
         # The model's timeout bounds each wait for upstream bytes; connecting keeps the pool's timeout.
@@ -65,15 +72,20 @@ class HTTPProvider:
 
     def _post(self, body: dict[str, Any]) -> Any:  # an aiohttp request context manager
         return self._session.post(
-            self._url, params=self._params, data=orjson.dumps(body), headers=self._headers(), timeout=self._timeout
+            self._url,
+            params=self._params,
+            data=orjson.dumps(body),
+            headers=self._headers(),
+            timeout=self._timeout,
+            allow_redirects=False,
         )
 
     async def complete(self, body: dict[str, Any]) -> bytes:
         try:
             async with self._post(body) as response:
                 payload: bytes = await response.read()
-                if response.status >= 400:
-                    raise _upstream_error(response, payload)
+                if response.status >= 300:
+                    raise self._refusal(response, payload)
                 return payload
         except StillroomError:
             raise
@@ -83,8 +95,8 @@ class HTTPProvider:
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         try:
             async with self._post(body) as response:
-                if response.status >= 400:
-                    raise _upstream_error(response, await response.read())
+                if response.status >= 300:
+                    raise self._refusal(response, await response.read())
                 async for line in response.content:
                     if not line.startswith(b"data:"):
                         continue
@@ -98,11 +110,36 @@ class HTTPProvider:
         except Exception as exc:
             raise self._transport_error(exc, " mid-stream") from exc
 
+    def _refusal(self, response: aiohttp.ClientResponse, body: bytes) -> StillroomError:
+        """What a client gets for an upstream answer that is not a 2xx."""
+        if response.status in _CREDENTIALS_REFUSED:
+            # The upstream's message is not passed on: it may quote part of the key.
+            return BadGatewayError(
+                f"The upstream for model {self.name!r} ({self._host}) refused Stillroom's credentials "
+                f"(HTTP {response.status}); check the key configured for this model.",
+                code="upstream_auth_failed",
+            )
+        if response.status < 400:
+            where = response.headers.get("location", "elsewhere")
+            return BadGatewayError(
+                f"The upstream for model {self.name!r} ({self._host}) redirected (HTTP {response.status}) to "
+                f"{where}; Stillroom does not follow upstream redirects, so fix the model's URL."
+            )
+        headers = {h: response.headers[h] for h in _RELAYED_HEADERS if h in response.headers}
+        return UpstreamError(response.status, body, headers)
+
     def _transport_error(self, exc: Exception, where: str) -> StillroomError:
         if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-            return GatewayTimeoutError(f"The upstream for model {self.name!r} timed out{where}.")
+            return GatewayTimeoutError(f"The upstream for model {self.name!r} ({self._host}) timed out{where}.")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            reason = exc.os_error.strerror or type(exc.os_error).__name__
+            return BadGatewayError(
+                f"The upstream for model {self.name!r} could not be reached at {self._host}: {reason}."
+            )
         if isinstance(exc, aiohttp.ClientError | OSError | ValueError):
-            return BadGatewayError(f"The upstream for model {self.name!r} failed{where}: {type(exc).__name__}.")
+            return BadGatewayError(
+                f"The upstream for model {self.name!r} ({self._host}) failed{where}: {type(exc).__name__}."
+            )
         raise exc
 
     async def aclose(self) -> None:
@@ -127,6 +164,8 @@ def azure_provider(model: ModelConfig, session: aiohttp.ClientSession) -> HTTPPr
     )
 
 
-def _upstream_error(response: aiohttp.ClientResponse, body: bytes) -> UpstreamError:
-    headers = {h: response.headers[h] for h in _RELAYED_HEADERS if h in response.headers}
-    return UpstreamError(response.status, body, headers)
+def _host(url: str) -> str:
+    """`host:port` of a URL, for error messages (never the userinfo)."""
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{parts.hostname}:{port}" if port else str(parts.hostname)

@@ -31,3 +31,9 @@ def new_completion_id() -> str:
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(16)
+
+
+def new_seed() -> int:
+    """A sampling seed for a request that sent none, as OpenAI records one on stored completions. Below 2**31,
+    so every upstream (and llama.cpp's 32-bit seeds) takes it as it is."""
+    return secrets.randbelow(2**31)
