@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 import httpx
 import openai
 import orjson
 import pytest
+from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
 from stillroom.store.completions import count_rows
 from tests.conftest import AZURE_API_VERSION, GATEWAY_KEY, LOCAL_MODEL
+from tests.envelope import assert_openai_error
 from tests.live import LiveServer
 
 PROMPT = [{"role": "user", "content": "Name a colour."}]
@@ -168,3 +172,170 @@ def test_requests_without_the_server_key_are_refused(server: LiveServer) -> None
     assert httpx.get(server.url + "/v1/models").status_code == 401
     ok = httpx.get(server.url + "/openai/models?api-version=x", headers={"api-key": GATEWAY_KEY})
     assert ok.status_code == 200
+
+
+# --- the embedded model speaks OpenAI exactly (issue 6, items 10, 13 and 14) ---
+
+
+class Colour(BaseModel):
+    name: str = Field(max_length=24)
+    hex: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
+
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+WEATHER_CALL: Any = {
+    "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+    "tools": [WEATHER_TOOL],
+    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    "max_tokens": 40,
+    "temperature": 0,
+}
+
+
+def _post(server: LiveServer, body: dict[str, Any]) -> httpx.Response:
+    headers = {"authorization": f"Bearer {GATEWAY_KEY}"}
+    return httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+
+
+def _sse(server: LiveServer, body: dict[str, Any]) -> list[str]:
+    headers = {"authorization": f"Bearer {GATEWAY_KEY}"}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers, timeout=60) as resp:
+        assert resp.status_code == 200
+        return [line for line in resp.iter_lines() if line]
+
+
+@pytest.mark.parametrize("model", [LOCAL_MODEL, "relay"])
+def test_parse_with_a_pydantic_model_follows_the_schema(client: openai.OpenAI, model: str, tag: str) -> None:
+    """response_format json_schema constrains the embedded model (a llama.cpp grammar), so `.parse` works."""
+    answer = client.chat.completions.parse(
+        model=model,
+        messages=[{"role": "user", "content": "Name a colour."}],
+        response_format=Colour,
+        max_tokens=60,
+        temperature=0,
+        store=True,
+        metadata={"tag": tag},
+    )
+    parsed = answer.choices[0].message.parsed
+    assert isinstance(parsed, Colour) and parsed.name
+    stored = client.chat.completions.retrieve(answer.id)
+    assert Colour.model_validate_json(stored.choices[0].message.content or "") == parsed
+    assert (stored.model_extra or {})["response_format"]["json_schema"]["name"] == "Colour"
+
+
+def test_stream_helper_assembles_a_tool_call_named_once(client: openai.OpenAI) -> None:
+    with client.chat.completions.stream(model=LOCAL_MODEL, **WEATHER_CALL) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls or []
+    assert len(calls) == 1
+    assert calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert "city" in json.loads(calls[0].function.arguments)  # type: ignore[union-attr]
+    deltas = [
+        call
+        for e in events
+        if e.type == "chunk" and e.chunk.choices
+        for call in e.chunk.choices[0].delta.tool_calls or []
+    ]
+    assert deltas[0].id == calls[0].id and deltas[0].type == "function"  # once, in the first delta, as OpenAI
+    assert all(d.id is None and d.type is None and (d.function is None or d.function.name is None) for d in deltas[1:])
+
+
+def test_tool_call_answers_have_no_legacy_function_call(server: LiveServer) -> None:
+    message = _post(server, {"model": LOCAL_MODEL, **WEATHER_CALL}).json()["choices"][0]["message"]
+    assert message["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert "function_call" not in message
+    assert message["refusal"] is None
+
+
+def test_local_answers_carry_refusal_null(server: LiveServer) -> None:
+    message = _post(server, {"model": LOCAL_MODEL, "messages": PROMPT, "max_tokens": 4}).json()["choices"][0]["message"]
+    assert "refusal" in message and message["refusal"] is None
+
+
+def test_local_model_streams_n_choices(client: openai.OpenAI, tag: str) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=LOCAL_MODEL,
+            messages=PROMPT,
+            max_tokens=6,
+            n=2,
+            stream=True,
+            store=True,
+            metadata={"tag": tag},
+            stream_options={"include_usage": True},
+        )
+    )
+    texts = {0: "", 1: ""}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    finished = {c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason}
+    assert finished == {0, 1}
+    stored = client.chat.completions.retrieve(chunks[0].id)
+    assert [(c.index, c.message.content) for c in stored.choices] == [(0, texts[0]), (1, texts[1])]
+    assert stored.usage is not None and chunks[-1].usage == stored.usage
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_prompt_over_the_context_window_is_a_400(client: openai.OpenAI, engine: Engine, stream: bool, tag: str) -> None:
+    before = count_rows(engine)
+    long_prompt = [{"role": "user", "content": "word " * 3000}]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model=LOCAL_MODEL,
+            messages=long_prompt,
+            store=True,
+            metadata={"tag": tag},
+            stream=stream,  # type: ignore[arg-type]
+        )
+    error = assert_openai_error(info.value.response, 400, "invalid_request_error", "messages")
+    assert error["code"] == "context_length_exceeded"
+    assert "maximum context length is 2048 tokens" in error["message"]
+    assert count_rows(engine) == before
+
+
+@pytest.mark.parametrize("model", [LOCAL_MODEL, "relay"])
+def test_stored_stream_has_usage_even_when_the_client_did_not_ask(
+    client: openai.OpenAI, server: LiveServer, model: str, tag: str
+) -> None:
+    body = {
+        "model": model,
+        "messages": PROMPT,
+        "max_tokens": 6,
+        "stream": True,
+        "store": True,
+        "metadata": {"tag": tag},
+    }
+    lines = _sse(server, body)
+    assert lines[-1] == "data: [DONE]"
+    chunks = [orjson.loads(line[6:]) for line in lines[:-1]]
+    assert all(chunk["choices"] and "usage" not in chunk for chunk in chunks)  # as the client asked: none
+    raw = httpx.get(
+        f"{server.url}/v1/chat/completions/{chunks[0]['id']}", headers={"authorization": f"Bearer {GATEWAY_KEY}"}
+    ).json()
+    assert raw["usage"]["completion_tokens"] >= 1 and raw["usage"]["total_tokens"] > raw["usage"]["prompt_tokens"]
+    assert isinstance(raw.get("system_fingerprint", ""), str)  # a string or absent, never null
+    assert raw["choices"][0]["message"]["refusal"] is None
+
+
+def test_stored_completion_records_a_seed_that_reproduces_it(client: openai.OpenAI, tag: str) -> None:
+    prompt = [{"role": "user", "content": "Tell me a story about a fox."}]
+    first = client.chat.completions.create(
+        model=LOCAL_MODEL,
+        messages=prompt,
+        max_tokens=16,
+        temperature=1,
+        store=True,
+        metadata={"tag": tag},  # type: ignore[arg-type]
+    )
+    seed = (client.chat.completions.retrieve(first.id).model_extra or {})["seed"]
+    assert isinstance(seed, int)
+    again = client.chat.completions.create(model=LOCAL_MODEL, messages=prompt, max_tokens=16, temperature=1, seed=seed)  # type: ignore[arg-type]
+    assert again.choices[0].message.content == first.choices[0].message.content
