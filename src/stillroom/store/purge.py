@@ -1,0 +1,135 @@
+"""Deleting in bulk: stored completions by filter (with a dry-run count), retention batches, whole projects.
+
+Each batch is one transaction that first locks the project's usage row, deletes with RETURNING (so two
+processes sweeping the same rows free each one once), releases the message contents no completion uses any
+more, and moves the project's `used_bytes` by what it freed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, Select, delete, exists, func, insert, select, update
+
+from stillroom.store.projects import add_usage, bump_access, lock_usage
+from stillroom.store.tables import (
+    completion_metadata,
+    completion_tombstones,
+    completions,
+    message_contents,
+    metadata,
+    projects,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionFilter:
+    """Which stored completions: every metadata pair, a model, ids (= times) in [id_from, id_to)."""
+
+    metadata: Sequence[tuple[str, str]] = ()
+    model: str | None = None
+    id_from: str | None = None
+    id_to: str | None = None
+
+
+def _matching(project_id: str, selection: CompletionFilter) -> Select[Any]:
+    c = completions.c
+    stmt = select(c.id).where(c.project_id == project_id)
+    for key, value in selection.metadata:
+        m = completion_metadata.c
+        stmt = stmt.where(
+            exists().where(m.project_id == project_id, m.completion_id == c.id, m.key == key, m.value == value)
+        )
+    if selection.model is not None:
+        stmt = stmt.where(c.model == selection.model)
+    if selection.id_from is not None:
+        stmt = stmt.where(c.id >= selection.id_from)
+    if selection.id_to is not None:
+        stmt = stmt.where(c.id < selection.id_to)
+    return stmt
+
+
+def count_completions(engine: Engine, project_id: str, selection: CompletionFilter) -> int:
+    """How many a delete with this filter would remove (the dry run)."""
+    with engine.connect() as conn:
+        sub = _matching(project_id, selection).subquery()
+        return int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
+
+
+def delete_completions_batch(conn: Connection, project_id: str, selection: CompletionFilter, limit: int) -> int:
+    """Delete at most `limit` matching completions (one write transaction); how many were deleted."""
+    if lock_usage(conn, project_id) is None:
+        return 0
+    ids = list(conn.execute(_matching(project_id, selection).order_by(completions.c.id).limit(limit)).scalars())
+    return delete_completion_ids(conn, project_id, ids)
+
+
+def delete_completion_ids(conn: Connection, project_id: str, ids: Sequence[str]) -> int:
+    """Delete these completions of a project (the caller holds the usage lock), free their unshared message
+    contents and their bytes; how many were really deleted."""
+    if not ids:
+        return 0
+    c = completions.c
+    gone = conn.execute(
+        delete(completions)
+        .where(c.project_id == project_id, c.id.in_(list(ids)))
+        .returning(c.id, c.message_digests, c.stored_bytes, c.seq)
+    ).all()
+    if not gone:
+        return 0
+    gone_ids = [row.id for row in gone]
+    # Their places in the commit sequence stay behind, so `after=<a deleted id>` still resumes there.
+    conn.execute(insert(completion_tombstones), [{"id": r.id, "project_id": project_id, "seq": r.seq} for r in gone])
+    conn.execute(delete(completion_metadata).where(completion_metadata.c.completion_id.in_(gone_ids)))
+    counts: dict[str, int] = {}
+    for row in gone:
+        for digest in orjson.loads(row.message_digests):
+            counts[digest] = counts.get(digest, 0) + 1
+    mc = message_contents.c
+    for digest, n in sorted(counts.items()):
+        conn.execute(
+            update(message_contents).where(mc.project_id == project_id, mc.digest == digest).values(refs=mc.refs - n)
+        )
+    freed = sum(int(row.stored_bytes) for row in gone)
+    if counts:
+        freed += sum(
+            int(size)
+            for size in conn.execute(
+                delete(message_contents)
+                .where(mc.project_id == project_id, mc.digest.in_(sorted(counts)), mc.refs <= 0)
+                .returning(mc.size)
+            ).scalars()
+        )
+    add_usage(conn, project_id, -freed)
+    return len(gone)
+
+
+def retained_projects(engine: Engine) -> list[tuple[str, int]]:
+    """(project, retention days) of every project with a retention limit."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(projects.c.id, projects.c.retention_days).where(projects.c.retention_days.is_not(None))
+        )
+        return [(pid, int(days)) for pid, days in rows]
+
+
+def project_tables() -> list[Any]:
+    """Every table with a `project_id` column, children before parents."""
+    return [t for t in reversed(metadata.sorted_tables) if "project_id" in t.c]
+
+
+def delete_project(conn: Connection, project_id: str) -> dict[str, int] | None:
+    """Delete a project and every row it owns, in every table, in one transaction; rows deleted per table.
+    None when there is no such project. Rows without a `project_id` go with their parents (ON DELETE
+    CASCADE)."""
+    if lock_usage(conn, project_id) is None:
+        return None
+    deleted = {}
+    for table in project_tables():
+        deleted[table.name] = int(conn.execute(delete(table).where(table.c.project_id == project_id)).rowcount)
+    conn.execute(delete(projects).where(projects.c.id == project_id))
+    bump_access(conn)
+    return deleted
