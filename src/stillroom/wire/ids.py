@@ -37,3 +37,13 @@ def new_seed() -> int:
     """A sampling seed for a request that sent none, as OpenAI records one on stored completions. Below 2**31,
     so every upstream (and llama.cpp's 32-bit seeds) takes it as it is."""
     return secrets.randbelow(2**31)
+
+
+def new_sortable_id(prefix: str) -> str:
+    """`prefix` + 9 characters of microsecond time (strictly rising per process) + 15 random: the ids of files,
+    fine-tuning jobs, events and checkpoints, which lists page through newest first."""
+    global _last_micros
+    with _lock:
+        micros = max(time.time_ns() // 1000, _last_micros + 1)
+        _last_micros = micros
+    return prefix + _base62(micros, 9) + _base62(int.from_bytes(secrets.token_bytes(12)) % 62**15, 15)

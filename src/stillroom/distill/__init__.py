@@ -1,0 +1,1 @@
+"""Distillation: stored completions become fine-tuning datasets."""

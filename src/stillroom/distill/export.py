@@ -1,0 +1,111 @@
+"""A selection of stored completions, streamed page by page (constant memory), and each one as a chat
+fine-tuning row: the stored request messages plus the stored answer as the assistant turn, with the
+request's `tools` and `parallel_tool_calls`. `stillroom export` and dataset building both read through here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from stillroom.store import completions as store
+from stillroom.store.db import Engine
+
+_PAGE = 500
+_MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "function_call", "weight")
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which stored completions: all metadata pairs must match; `created_*` are unix seconds (after is
+    inclusive, before exclusive); `ids`, when given, names the completions (in that order)."""
+
+    metadata: dict[str, str] = field(default_factory=dict)
+    model: str | None = None
+    created_after: int | None = None
+    created_before: int | None = None
+    ids: tuple[str, ...] = ()
+
+    def matches(self, row: store.StoredCompletion) -> bool:
+        created = int(row.response.get("created") or 0)
+        return (
+            (self.model is None or row.model == self.model)
+            and all(row.metadata.get(k) == v for k, v in self.metadata.items())
+            and (self.created_after is None or created >= self.created_after)
+            and (self.created_before is None or created < self.created_before)
+        )
+
+
+def iter_selected(
+    engine: Engine, project_id: str, selection: Selection
+) -> Iterator[tuple[store.StoredCompletion, list[dict[str, Any]]]]:
+    """Every selected completion with its input messages, in commit order (or the order of `ids`)."""
+    if selection.ids:
+        for completion_id in dict.fromkeys(selection.ids):
+            row = store.get_completion(engine, project_id, completion_id)
+            if row is not None and selection.matches(row):
+                yield row, store.get_messages(engine, project_id, completion_id) or []
+        return
+    after_seq: int | None = None
+    while True:
+        rows, bodies, has_more = store.list_completions_with_messages(
+            engine, project_id, metadata=selection.metadata, model=selection.model, after_seq=after_seq, limit=_PAGE
+        )
+        for row in rows:
+            if not selection.matches(row):
+                continue
+            if row.incomplete:  # the page loads no bodies for these; few are kept, so fetch them one by one
+                yield row, store.get_messages(engine, project_id, row.id) or []
+            else:
+                yield row, [bodies[d] for d in row.message_digests]
+        if not has_more or not rows:
+            return
+        after_seq = rows[-1].seq
+
+
+def training_row(row: store.StoredCompletion, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The fine-tuning line for one completion (first choice); None when the answer has neither content
+    nor tool calls."""
+    answer = _answer(row.response)
+    if answer is None:
+        return None
+    training: dict[str, Any] = {"messages": [*(_training_message(m) for m in messages), answer]}
+    if row.request.get("tools"):
+        training["tools"] = row.request["tools"]
+    if row.request.get("parallel_tool_calls") is not None:
+        training["parallel_tool_calls"] = row.request["parallel_tool_calls"]
+    return training
+
+
+def iter_training_rows(
+    engine: Engine, project_id: str, *, metadata: dict[str, str], model: str | None
+) -> Iterator[dict[str, Any]]:
+    """One row per complete stored completion with an answer, in commit order (what `stillroom export` writes)."""
+    for row, messages in iter_selected(engine, project_id, Selection(metadata=metadata, model=model)):
+        if not row.incomplete and (training := training_row(row, messages)) is not None:
+            yield training
+
+
+def finish_reason(response: dict[str, Any]) -> str | None:
+    choices = response.get("choices") or []
+    return choices[0].get("finish_reason") if choices else None
+
+
+def _training_message(message: dict[str, Any]) -> dict[str, Any]:
+    """Only the keys a fine-tuning line may carry (a stored assistant turn may hold `refusal`, `audio`...)."""
+    kept = {k: message[k] for k in _MESSAGE_KEYS if message.get(k) is not None}
+    kept.setdefault("content", None if kept.get("tool_calls") or kept.get("function_call") else "")
+    return kept
+
+
+def _answer(response: dict[str, Any]) -> dict[str, Any] | None:
+    choices = response.get("choices") or []
+    if not choices:
+        return None
+    message = choices[0].get("message") or {}
+    if not message.get("content") and not message.get("tool_calls"):
+        return None
+    answer: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+    if message.get("tool_calls"):
+        answer["tool_calls"] = message["tool_calls"]
+    return answer

@@ -1,0 +1,357 @@
+"""Fine-tuning jobs as rows: insert, read, list, cancel; events and checkpoints; the work queue (claim with a
+lease, heartbeat, guarded updates by the lease holder); and the models that succeeded jobs register.
+
+Claims: PostgreSQL picks a row with `FOR UPDATE SKIP LOCKED`, so workers never wait on each other's row; SQLite
+runs the whole claim in one `BEGIN IMMEDIATE` transaction, and the UPDATE repeats the claimability test, so the
+row count says whether this worker won it. Every later write by a worker names it (`worker_id = me`) and an
+active status, so a worker whose lease was taken over, or whose job was cancelled, changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, func, insert, or_, select, update
+
+from stillroom.store.projects import Writes
+from stillroom.store.tables import (
+    fine_tuned_models,
+    fine_tuning_checkpoints,
+    fine_tuning_job_events,
+    fine_tuning_job_metadata,
+    fine_tuning_jobs,
+)
+
+ACTIVE = ("validating_files", "queued", "running")
+TERMINAL = ("succeeded", "failed", "cancelled")
+_JSON = ("method", "hyperparameters", "metadata", "error", "result_files")
+
+
+@dataclass(slots=True)
+class JobRow:
+    id: str
+    project_id: str
+    model: str
+    status: str
+    training_file: str
+    validation_file: str | None
+    suffix: str | None
+    seed: int
+    method: dict[str, Any]
+    hyperparameters: dict[str, Any] | None
+    metadata: dict[str, str] | None
+    error: dict[str, Any] | None
+    fine_tuned_model: str | None
+    result_files: list[str]
+    trained_tokens: int | None
+    created_at: int
+    finished_at: int | None
+    estimated_finish: int | None
+    worker_id: str | None
+    lease_expires_at: float | None
+    attempts: int
+
+
+@dataclass(slots=True)
+class EventRow:
+    id: str
+    job_id: str
+    created_at: int
+    level: str
+    message: str
+    type: str = "message"
+    data: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class CheckpointRow:
+    id: str
+    job_id: str
+    created_at: int
+    step_number: int
+    metrics: dict[str, Any]
+    fine_tuned_model_checkpoint: str
+
+
+@dataclass(slots=True)
+class ModelRow:
+    name: str
+    project_id: str
+    job_id: str
+    base_model: str
+    gguf_file: str
+    created_at: int
+
+
+@dataclass(slots=True)
+class Finish:
+    """What a worker writes when its job ends, in one transaction."""
+
+    values: dict[str, Any]
+    events: list[EventRow] = field(default_factory=list)
+    model: ModelRow | None = None
+
+
+_JOB_COLUMNS = tuple(fine_tuning_jobs.c[name] for name in JobRow.__slots__)
+
+
+def _job(row: Any) -> JobRow:
+    values = dict(row._mapping)
+    for name in _JSON:
+        if values[name] is not None:
+            values[name] = orjson.loads(values[name])
+    return JobRow(**values)
+
+
+def _encode(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: orjson.dumps(v).decode() if k in _JSON and v is not None else v for k, v in values.items()}
+
+
+def insert_job(writes: Writes, job: JobRow, events: Sequence[EventRow]) -> None:
+    def run(conn: Connection) -> None:
+        conn.execute(insert(fine_tuning_jobs).values(_encode({n: getattr(job, n) for n in JobRow.__slots__})))
+        if job.metadata:
+            pairs = [
+                {"job_id": job.id, "project_id": job.project_id, "key": k, "value": v} for k, v in job.metadata.items()
+            ]
+            conn.execute(insert(fine_tuning_job_metadata), pairs)
+        _add_events(conn, events)
+
+    writes(run)
+
+
+def get_job(engine: Engine, project_id: str | None, job_id: str) -> JobRow | None:
+    stmt = select(*_JOB_COLUMNS).where(fine_tuning_jobs.c.id == job_id)
+    if project_id is not None:
+        stmt = stmt.where(fine_tuning_jobs.c.project_id == project_id)
+    with engine.connect() as conn:
+        row = conn.execute(stmt).first()
+    return _job(row) if row else None
+
+
+def list_jobs(
+    engine: Engine, project_id: str, *, metadata: dict[str, str] | None, after: str | None, limit: int
+) -> tuple[list[JobRow], bool]:
+    """Newest first. `metadata` pairs must all match; `None` selects jobs without metadata."""
+    j = fine_tuning_jobs.c
+    stmt = select(*_JOB_COLUMNS).where(j.project_id == project_id)
+    if metadata is None:
+        stmt = stmt.where(j.metadata.is_(None))
+    for key, value in (metadata or {}).items():
+        m = fine_tuning_job_metadata.c
+        stmt = stmt.where(exists().where(m.project_id == project_id, m.key == key, m.value == value, m.job_id == j.id))
+    if after is not None:
+        stmt = stmt.where(j.id < after)
+    with engine.connect() as conn:
+        rows = [_job(r) for r in conn.execute(stmt.order_by(j.id.desc()).limit(limit + 1))]
+    return rows[:limit], len(rows) > limit
+
+
+def cancel_job(writes: Writes, project_id: str, job_id: str, now: int, event: EventRow) -> JobRow | None:
+    """Mark an unfinished job cancelled (its worker notices at its next heartbeat); a finished one is returned
+    unchanged. None when there is no such job."""
+    j = fine_tuning_jobs.c
+
+    def run(conn: Connection) -> JobRow | None:
+        changed = conn.execute(
+            update(fine_tuning_jobs)
+            .where(j.project_id == project_id, j.id == job_id, j.status.in_(ACTIVE))
+            .values(status="cancelled", finished_at=now, estimated_finish=None)
+        ).rowcount
+        if changed:
+            _add_events(conn, [event])
+        row = conn.execute(select(*_JOB_COLUMNS).where(j.project_id == project_id, j.id == job_id)).first()
+        return _job(row) if row else None
+
+    return writes(run)
+
+
+def _add_events(conn: Connection, events: Sequence[EventRow]) -> None:
+    if events:
+        conn.execute(
+            insert(fine_tuning_job_events),
+            [
+                {
+                    "id": e.id,
+                    "job_id": e.job_id,
+                    "created_at": e.created_at,
+                    "level": e.level,
+                    "message": e.message,
+                    "type": e.type,
+                    "data": orjson.dumps(e.data).decode() if e.data is not None else None,
+                }
+                for e in events
+            ],
+        )
+
+
+def list_events(engine: Engine, job_id: str, *, after: str | None, limit: int) -> tuple[list[EventRow], bool]:
+    """Newest first, like OpenAI's event list."""
+    e = fine_tuning_job_events.c
+    stmt = select(e.id, e.job_id, e.created_at, e.level, e.message, e.type, e.data).where(e.job_id == job_id)
+    if after is not None:
+        stmt = stmt.where(e.id < after)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt.order_by(e.id.desc()).limit(limit + 1)).all()
+    events = [
+        EventRow(r.id, r.job_id, r.created_at, r.level, r.message, r.type, orjson.loads(r.data) if r.data else None)
+        for r in rows
+    ]
+    return events[:limit], len(events) > limit
+
+
+def list_checkpoints(engine: Engine, job_id: str, *, after: str | None, limit: int) -> tuple[list[CheckpointRow], bool]:
+    """Newest first."""
+    c = fine_tuning_checkpoints.c
+    stmt = select(c.id, c.job_id, c.created_at, c.step_number, c.metrics, c.fine_tuned_model_checkpoint).where(
+        c.job_id == job_id
+    )
+    if after is not None:
+        stmt = stmt.where(c.id < after)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt.order_by(c.id.desc()).limit(limit + 1)).all()
+    found = [CheckpointRow(r.id, r.job_id, r.created_at, r.step_number, orjson.loads(r.metrics), r[5]) for r in rows]
+    return found[:limit], len(found) > limit
+
+
+# --- the queue ---
+
+
+def _claimable(now: float) -> ColumnElement[bool]:
+    j = fine_tuning_jobs.c
+    return and_(j.status.in_(ACTIVE), or_(j.worker_id.is_(None), j.lease_expires_at < now))
+
+
+def claim_job(writes: Writes, worker_id: str, *, lease_seconds: float, now: float) -> JobRow | None:
+    """Take the oldest job that is waiting, or whose worker's lease ran out. The row comes back as it was
+    before the claim (so the caller sees a lost worker's id); the database already names this worker."""
+    j = fine_tuning_jobs.c
+
+    def run(conn: Connection) -> JobRow | None:
+        stmt = select(*_JOB_COLUMNS).where(_claimable(now)).order_by(j.id).limit(1)
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        job = _job(row)
+        won = conn.execute(
+            update(fine_tuning_jobs)
+            .where(j.id == job.id, _claimable(now))
+            .values(worker_id=worker_id, lease_expires_at=now + lease_seconds)
+        ).rowcount
+        return job if won == 1 else None
+
+    return writes(run)
+
+
+def _held(job_id: str, worker_id: str) -> ColumnElement[bool]:
+    j = fine_tuning_jobs.c
+    return and_(j.id == job_id, j.worker_id == worker_id, j.status.in_(ACTIVE))
+
+
+def renew_lease(writes: Writes, job_id: str, worker_id: str, *, lease_seconds: float, now: float) -> bool:
+    """Heartbeat: push the lease forward. False once the job is no longer this worker's to run (cancelled,
+    or taken over after a missed lease)."""
+    stmt = update(fine_tuning_jobs).where(_held(job_id, worker_id)).values(lease_expires_at=now + lease_seconds)
+    return bool(writes(lambda conn: conn.execute(stmt).rowcount))
+
+
+def update_held_job(
+    writes: Writes, job_id: str, worker_id: str, values: dict[str, Any], events: Sequence[EventRow] = ()
+) -> bool:
+    """Change a job this worker holds, with its events, in one transaction; False if it no longer holds it."""
+
+    def run(conn: Connection) -> bool:
+        if values:
+            stmt = update(fine_tuning_jobs).where(_held(job_id, worker_id)).values(_encode(values))
+            changed = conn.execute(stmt).rowcount
+        else:
+            changed = len(conn.execute(select(fine_tuning_jobs.c.id).where(_held(job_id, worker_id))).all())
+        if changed:
+            _add_events(conn, events)
+        return bool(changed)
+
+    return writes(run)
+
+
+def add_held_checkpoint(writes: Writes, worker_id: str, checkpoint: CheckpointRow, event: EventRow) -> bool:
+    def run(conn: Connection) -> bool:
+        held = conn.execute(select(fine_tuning_jobs.c.id).where(_held(checkpoint.job_id, worker_id))).first()
+        if held is None:
+            return False
+        conn.execute(
+            insert(fine_tuning_checkpoints).values(
+                id=checkpoint.id,
+                job_id=checkpoint.job_id,
+                created_at=checkpoint.created_at,
+                step_number=checkpoint.step_number,
+                metrics=orjson.dumps(checkpoint.metrics).decode(),
+                fine_tuned_model_checkpoint=checkpoint.fine_tuned_model_checkpoint,
+            )
+        )
+        _add_events(conn, [event])
+        return True
+
+    return writes(run)
+
+
+def finish_held_job(writes: Writes, job_id: str, worker_id: str, finish: Finish) -> bool:
+    """End a job this worker holds: final values, events, and (on success) the model it made, in one
+    transaction. False, writing nothing, if the job was cancelled or taken over meanwhile."""
+    values = _encode({**finish.values, "worker_id": None, "lease_expires_at": None})
+
+    def run(conn: Connection) -> bool:
+        if not conn.execute(update(fine_tuning_jobs).where(_held(job_id, worker_id)).values(values)).rowcount:
+            return False
+        _add_events(conn, finish.events)
+        if finish.model is not None:
+            m = finish.model
+            conn.execute(
+                insert(fine_tuned_models).values(
+                    name=m.name,
+                    project_id=m.project_id,
+                    job_id=m.job_id,
+                    base_model=m.base_model,
+                    gguf_file=m.gguf_file,
+                    created_at=m.created_at,
+                )
+            )
+        return True
+
+    return writes(run)
+
+
+def add_events(writes: Writes, events: Sequence[EventRow]) -> None:
+    writes(lambda conn: _add_events(conn, events))
+
+
+# --- fine-tuned models ---
+
+_MODEL_COLUMNS = tuple(fine_tuned_models.c[name] for name in ModelRow.__slots__)
+
+
+def get_model(engine: Engine, name: str) -> ModelRow | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(*_MODEL_COLUMNS).where(fine_tuned_models.c.name == name)).first()
+    return ModelRow(*row) if row else None
+
+
+def list_models(engine: Engine, project_id: str | None = None) -> list[ModelRow]:
+    stmt = select(*_MODEL_COLUMNS).order_by(fine_tuned_models.c.created_at, fine_tuned_models.c.name)
+    if project_id is not None:
+        stmt = stmt.where(fine_tuned_models.c.project_id == project_id)
+    with engine.connect() as conn:
+        return [ModelRow(*row) for row in conn.execute(stmt)]
+
+
+def count_jobs(engine: Engine) -> dict[str, int]:
+    """Row counts of the job tables (what error-path tests check did not change)."""
+    with engine.connect() as conn:
+        return {
+            t.name: int(conn.execute(select(func.count()).select_from(t)).scalar() or 0)
+            for t in (fine_tuning_jobs, fine_tuning_job_events, fine_tuning_checkpoints, fine_tuned_models)
+        }

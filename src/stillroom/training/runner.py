@@ -1,0 +1,56 @@
+"""The local trainer as a worker runs it: job hyperparameters in, `TrainResult` out, cancellation mapped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stillroom.training.worker import JobCancelled, RunContext, RunResult
+
+
+class LocalTrainer:
+    """Runs `stillroom.training.trainer.train` in this (the worker's) process. `max_steps` caps every run."""
+
+    def __init__(self, *, max_steps: int | None = None) -> None:
+        self.max_steps = max_steps
+
+    def _config(self, context: RunContext) -> Any:
+        from stillroom.training.trainer import TrainConfig
+
+        asked = context.job.method["supervised"]["hyperparameters"]
+        resolved = context.job.hyperparameters or {}
+
+        def value(name: str) -> Any:
+            chosen = resolved.get(name, asked.get(name))
+            return None if chosen == "auto" else chosen
+
+        return TrainConfig(
+            base_model=context.base_model.model_path(),
+            training_file=context.training_path,
+            validation_file=context.validation_path,
+            output_dir=context.output_dir,
+            n_epochs=value("n_epochs"),
+            batch_size=value("batch_size"),
+            learning_rate_multiplier=value("learning_rate_multiplier"),
+            seed=context.job.seed,
+            max_steps=self.max_steps,
+        )
+
+    def resolve_hyperparameters(self, context: RunContext) -> dict[str, Any]:
+        from stillroom.training.trainer import resolve_hyperparameters
+
+        return resolve_hyperparameters(context.n_examples, self._config(context))
+
+    def run(self, context: RunContext) -> RunResult:
+        from stillroom.training.trainer import TrainingCancelled, train
+
+        try:
+            result = train(self._config(context), on_event=context.on_event, should_stop=context.should_stop)
+        except TrainingCancelled as exc:
+            raise JobCancelled(str(exc)) from exc
+        return RunResult(
+            hyperparameters=result.hyperparameters,
+            trained_tokens=result.trained_tokens,
+            metrics_csv=result.metrics_csv,
+            adapter_dir=result.adapter_dir,
+            gguf_path=result.gguf_path,
+        )

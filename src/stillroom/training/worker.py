@@ -1,0 +1,383 @@
+"""A worker: claims jobs from the database, validates their files, runs them, and reports through events.
+
+A claim is a lease (`lease_seconds`) that a heartbeat thread renews every third of it while the job runs; the
+same heartbeat notices a cancel (the API marks the row) or a lost lease, and `should_stop()` then tells the
+trainer to stop at its next step. A worker killed mid-job stops renewing: once the lease has run out another
+worker takes the job over and starts it again, or fails it with `worker_lost` after `max_attempts` runs.
+Heavy libraries are imported only by the runner, inside this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from stillroom.config import ModelConfig
+from stillroom.files import register_result_file
+from stillroom.store import files as file_store
+from stillroom.store import jobs as store
+from stillroom.store.blobs import FileStorage
+from stillroom.store.db import Engine
+from stillroom.store.projects import Writes, direct_writes
+from stillroom.training.jobs import fine_tuned_model_name, new_event
+from stillroom.wire.files import MIN_EXAMPLES, FileFormatError, FineTuneValidator
+from stillroom.wire.ids import new_sortable_id
+
+log = logging.getLogger("stillroom.worker")
+
+
+class JobCancelled(Exception):
+    """The runner stopped because `should_stop()` said so."""
+
+
+class JobFailed(Exception):
+    """A failure to report on the job as OpenAI does: `error: {code, message, param}`."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.error = {"code": code, "message": message, "param": param}
+
+
+@dataclass
+class RunContext:
+    job: store.JobRow
+    base_model: ModelConfig
+    training_path: Path
+    validation_path: Path | None
+    output_dir: Path
+    n_examples: int
+    on_event: Callable[[dict[str, Any]], None]
+    should_stop: Callable[[], bool]
+
+
+@dataclass
+class RunResult:
+    hyperparameters: dict[str, Any]
+    trained_tokens: int
+    metrics_csv: Path | None = None
+    adapter_dir: Path | None = None
+    gguf_path: Path | None = None
+
+
+class Runner(Protocol):
+    def resolve_hyperparameters(self, context: RunContext) -> dict[str, Any]: ...
+
+    def run(self, context: RunContext) -> RunResult: ...
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{new_sortable_id('')[-6:]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: Engine,
+        storage: FileStorage,
+        models: Mapping[str, ModelConfig],
+        runner: Runner,
+        *,
+        work_dir: Path,
+        lease_seconds: float = 30.0,
+        max_attempts: int = 2,
+        worker_id: str | None = None,
+        writes: Writes | None = None,
+    ) -> None:
+        self.engine = engine
+        self.writes = writes or direct_writes(engine)
+        self.storage = storage
+        self.models = models
+        self.runner = runner
+        self.work_dir = Path(work_dir)
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.id = worker_id or new_worker_id()
+
+    def run_forever(self, stop: threading.Event, *, poll_seconds: float = 1.0) -> None:
+        log.info("worker %s waiting for fine-tuning jobs", self.id)
+        while not stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # the worker loop's edge: log, wait, go on
+                log.exception("worker %s: claiming or running a job failed", self.id)
+                worked = False
+            if not worked:
+                stop.wait(poll_seconds)
+
+    def run_once(self) -> bool:
+        """Claim one job and take it one step (validation, or the whole run); False when none was waiting."""
+        job = store.claim_job(self.writes, self.id, lease_seconds=self.lease_seconds, now=time.time())
+        if job is None:
+            return False
+        takeover = job.worker_id is not None
+        if takeover:
+            log.warning("worker %s takes over %s from %s (lease expired)", self.id, job.id, job.worker_id)
+        try:
+            if job.status == "validating_files":
+                self._validate(job)
+            elif takeover and job.status == "running" and job.attempts >= self.max_attempts:
+                message = (
+                    f"The worker running this job ({job.worker_id}) stopped sending heartbeats, "
+                    f"after {job.attempts} attempt(s); the job was not retried again."
+                )
+                raise JobFailed("worker_lost", message)
+            else:
+                self._run(job, takeover)
+        except JobFailed as exc:
+            self._finish(job, {"status": "failed", "error": exc.error}, str(exc), "error")
+        except Exception as exc:  # the edge of one job: it fails with the reason, the worker goes on
+            log.exception("job %s failed", job.id)
+            self._finish(
+                job,
+                {"status": "failed", "error": {"code": "server_error", "message": str(exc)[:1000], "param": None}},
+                f"Job failed: {exc}",
+                "error",
+            )
+        return True
+
+    def _finish(self, job: store.JobRow, values: dict[str, Any], message: str, level: str = "info") -> bool:
+        finish = store.Finish(
+            {**values, "finished_at": int(time.time()), "estimated_finish": None},
+            [new_event(job.id, message, level=level)],
+        )
+        return store.finish_held_job(self.writes, job.id, self.id, finish)
+
+    # --- validating_files -> queued ---
+
+    def _validate(self, job: store.JobRow) -> None:
+        with _Heartbeat(self, job.id):  # a long file keeps the lease alive while it is read
+            training_path, n_examples = self._check_file(job, job.training_file, "training_file")
+            validation_path = None
+            if job.validation_file is not None:
+                validation_path, _ = self._check_file(job, job.validation_file, "validation_file")
+        if n_examples < MIN_EXAMPLES:
+            raise JobFailed(
+                "invalid_n_examples",
+                f"Training file has {n_examples} example(s), but must have at least {MIN_EXAMPLES} examples",
+                "training_file",
+            )
+        context = self._context(job, training_path, validation_path, n_examples, lambda _e: None, lambda: False)
+        hyperparameters = self.runner.resolve_hyperparameters(context)
+        events = [
+            new_event(job.id, f"Validated training file: {n_examples} examples"),
+            new_event(job.id, "Job enqueued"),
+        ]
+        store.update_held_job(
+            self.writes,
+            job.id,
+            self.id,
+            {"status": "queued", "hyperparameters": hyperparameters, "worker_id": None, "lease_expires_at": None},
+            events,
+        )
+
+    def _check_file(self, job: store.JobRow, file_id: str, param: str) -> tuple[Path, int]:
+        row = file_store.get_file(self.engine, job.project_id, file_id)
+        if row is None:
+            raise JobFailed("invalid_file", f"File {file_id} no longer exists.", param)
+        validator = FineTuneValidator()
+        try:
+            with self.storage.open(row.storage_key) as source:
+                while chunk := source.read(1 << 20):
+                    validator.feed(chunk)
+            return self.storage.local_path(row.storage_key), validator.finish()
+        except FileFormatError as exc:
+            raise JobFailed("invalid_file_format", f"File {file_id}: {exc}", param) from None
+
+    # --- queued -> running -> succeeded ---
+
+    def _run(self, job: store.JobRow, takeover: bool) -> None:
+        message = (
+            "Fine-tuning job started"
+            if not takeover
+            else (f"Worker {job.worker_id} stopped sending heartbeats; the job starts again on {self.id}")
+        )
+        attempts = job.attempts + 1
+        if not store.update_held_job(
+            self.writes,
+            job.id,
+            self.id,
+            {"status": "running", "attempts": attempts},
+            [new_event(job.id, message, level="warn" if takeover else "info")],
+        ):
+            return
+        job.attempts = attempts
+        output_dir = self.work_dir / job.id
+        shutil.rmtree(output_dir, ignore_errors=True)
+        output_dir.mkdir(parents=True)
+        training_path, n_examples = self._check_file(job, job.training_file, "training_file")
+        validation_path = None
+        if job.validation_file is not None:
+            validation_path, _ = self._check_file(job, job.validation_file, "validation_file")
+        heartbeat = _Heartbeat(self, job.id)
+        reporter = _Reporter(self, job)
+        context = self._context(job, training_path, validation_path, n_examples, reporter.on_event, heartbeat.stopped)
+        context.output_dir = output_dir
+        with heartbeat:
+            try:
+                result = self.runner.run(context)
+            except JobCancelled:
+                self._stopped(job, reporter)
+                return
+        if heartbeat.stopped():
+            self._stopped(job, reporter)
+            return
+        self._succeed(job, result)
+
+    def _context(
+        self,
+        job: store.JobRow,
+        training_path: Path,
+        validation_path: Path | None,
+        n_examples: int,
+        on_event: Callable[[dict[str, Any]], None],
+        should_stop: Callable[[], bool],
+    ) -> RunContext:
+        base = self.models.get(job.model)
+        if base is None or base.provider != "local":
+            raise JobFailed("model_not_available", f"Model {job.model!r} is not a local model on this worker.", "model")
+        return RunContext(
+            job, base, training_path, validation_path, self.work_dir / job.id, n_examples, on_event, should_stop
+        )
+
+    def _stopped(self, job: store.JobRow, reporter: _Reporter) -> None:
+        current = store.get_job(self.engine, None, job.id)
+        if current is not None and current.status == "cancelled":
+            step = f" at step {reporter.step}" if reporter.step is not None else ""
+            store.add_events(self.writes, [new_event(job.id, f"Training stopped{step}: the job was cancelled")])
+        log.info("job %s stopped (%s)", job.id, current.status if current else "deleted")
+        shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
+
+    def _succeed(self, job: store.JobRow, result: RunResult) -> None:
+        name = fine_tuned_model_name(job.model, job.project_id, job.suffix, job.id)
+        registered = self._register_results(job, result)
+        gguf = next((row.id for row in registered if row.filename.endswith(".gguf")), None)
+        model = store.ModelRow(name, job.project_id, job.id, job.model, gguf, int(time.time())) if gguf else None
+        finish = store.Finish(
+            {
+                "status": "succeeded",
+                "fine_tuned_model": name if model else None,
+                "trained_tokens": result.trained_tokens,
+                "hyperparameters": result.hyperparameters,
+                "result_files": [row.id for row in registered],
+                "finished_at": int(time.time()),
+                "estimated_finish": None,
+            },
+            [
+                new_event(job.id, f"New fine-tuned model created: {name}" if model else "Training finished"),
+                new_event(job.id, "The job has successfully completed"),
+            ],
+            model,
+        )
+        if not store.finish_held_job(self.writes, job.id, self.id, finish):  # cancelled at the last moment
+            for row in registered:
+                file_store.delete_file(self.writes, job.project_id, row.id)
+                self.storage.delete(row.storage_key)
+        shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
+
+    def _register_results(self, job: store.JobRow, result: RunResult) -> list[file_store.FileRow]:
+        rows = []
+        if result.metrics_csv is not None:
+            rows.append(
+                register_result_file(
+                    self.writes, self.storage, job.project_id, result.metrics_csv, f"{job.id}-step_metrics.csv"
+                )
+            )
+        if result.adapter_dir is not None:
+            archive = self.work_dir / job.id / "adapter.zip"
+            with zipfile.ZipFile(archive, "w") as zipped:
+                for path in sorted(result.adapter_dir.rglob("*")):
+                    if path.is_file():
+                        zipped.write(path, path.relative_to(result.adapter_dir))
+            rows.append(
+                register_result_file(self.writes, self.storage, job.project_id, archive, f"{job.id}-adapter.zip")
+            )
+        if result.gguf_path is not None:
+            rows.append(
+                register_result_file(self.writes, self.storage, job.project_id, result.gguf_path, f"{job.id}.gguf")
+            )
+        return rows
+
+
+class _Heartbeat:
+    """Renews the lease every third of it; `stopped()` turns true once the job is cancelled or lost."""
+
+    def __init__(self, worker: Worker, job_id: str) -> None:
+        self._worker = worker
+        self._job_id = job_id
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def stopped(self) -> bool:
+        return self._lost.is_set()
+
+    def _beat(self) -> None:
+        interval = min(self._worker.lease_seconds / 3, 2.0)
+        while not self._stop.wait(interval):
+            try:
+                held = store.renew_lease(
+                    self._worker.writes,
+                    self._job_id,
+                    self._worker.id,
+                    lease_seconds=self._worker.lease_seconds,
+                    now=time.time(),
+                )
+            except Exception as exc:  # the heartbeat thread's edge: a missed beat is retried
+                log.warning("heartbeat for %s failed: %s", self._job_id, exc)
+                continue
+            if not held:
+                self._lost.set()
+                return
+
+
+class _Reporter:
+    """Turns the trainer's events into job events and checkpoints."""
+
+    def __init__(self, worker: Worker, job: store.JobRow) -> None:
+        self._worker = worker
+        self._job = job
+        self.step: int | None = None
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        w, job = self._worker, self._job
+        if event.get("type") == "checkpoint":
+            step = int(event["step_number"])
+            name = fine_tuned_model_name(job.model, job.project_id, job.suffix, job.id) + f":ckpt-step-{step}"
+            checkpoint = store.CheckpointRow(
+                new_sortable_id("ftckpt_"), job.id, int(time.time()), step, dict(event.get("metrics") or {}), name
+            )
+            store.add_held_checkpoint(
+                w.writes, w.id, checkpoint, new_event(job.id, f"Checkpoint created at step {step}")
+            )
+            return
+        data = event.get("data")
+        values: dict[str, Any] = {}
+        if data:
+            self.step = data.get("step", self.step)
+            if data.get("eta_seconds") is not None:
+                values["estimated_finish"] = int(time.time() + float(data["eta_seconds"]))
+        row = new_event(
+            job.id,
+            str(event.get("message") or ""),
+            level=str(event.get("level") or "info"),
+            type_=str(event.get("type") or "message"),
+            data=data,
+        )
+        store.update_held_job(w.writes, job.id, w.id, values, [row])
