@@ -33,6 +33,14 @@ def new_request_id() -> str:
     return "req_" + secrets.token_hex(16)
 
 
+def new_key_id() -> str:
+    return "key_" + secrets.token_hex(12)
+
+
+def new_project_id() -> str:
+    return "proj_" + secrets.token_hex(12)
+
+
 def new_seed() -> int:
     """A sampling seed for a request that sent none, as OpenAI records one on stored completions. Below 2**31,
     so every upstream (and llama.cpp's 32-bit seeds) takes it as it is."""
@@ -47,3 +55,9 @@ def new_sortable_id(prefix: str) -> str:
         micros = max(time.time_ns() // 1000, _last_micros + 1)
         _last_micros = micros
     return prefix + _base62(micros, 9) + _base62(int.from_bytes(secrets.token_bytes(12)) % 62**15, 15)
+
+
+def completion_id_floor(micros: int) -> str:
+    """The smallest completion id minted at or after `micros` (microseconds since the epoch): ids compare
+    with it as their times do, so time ranges are id ranges."""
+    return "chatcmpl-" + _base62(max(micros, 0), 9)
