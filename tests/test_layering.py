@@ -1,4 +1,4 @@
-"""Imports flow one way: api/cli -> domain -> store/providers/wire. The domain never sees the web framework."""
+"""Imports flow one way: api/web/cli -> domain -> store/providers/wire. The domain never sees the web framework."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ WEB = ("fastapi", "starlette", "stillroom.api", "stillroom.app", "stillroom.cli"
 DOMAIN_AND_BELOW = [
     p
     for p in PACKAGE.rglob("*.py")
-    if not p.is_relative_to(PACKAGE / "api") and p.name not in ("app.py", "cli.py", "__main__.py")
+    if not p.is_relative_to(PACKAGE / "api")
+    and not p.is_relative_to(PACKAGE / "web")
+    and p.name not in ("app.py", "cli.py", "__main__.py")
 ]
 
 

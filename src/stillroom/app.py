@@ -15,6 +15,7 @@ from stillroom.api.errors import install_error_handlers
 from stillroom.api.openapi import install_openapi
 from stillroom.config import Settings
 from stillroom.services import Services
+from stillroom.web.pages import console_router
 
 # The same routes answer OpenAI's paths (/v1), Azure's (/openai, with ?api-version) and Azure v1 (/openai/v1).
 PREFIXES = ("/v1", "/openai", "/openai/v1")
@@ -54,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(chat.deployments, prefix="/openai")
     app.include_router(stored.deployments, prefix="/openai")
     app.include_router(health)
+    app.include_router(console_router())  # the web console at /, a client of the routes above
     install_error_handlers(app)
     install_openapi(app, PREFIXES)
     return app

@@ -1,0 +1,89 @@
+// The one way the console talks to the server: the public JSON API on the page's own origin, with the
+// signed-in key as `Authorization: Bearer`, bodies as `application/json`, and OpenAI's error envelope
+// turned into an ApiError that carries the server's own message.
+
+const KEY = "stillroom.apiKey";
+const PROJECT = "stillroom.project";
+
+export class ApiError extends Error {
+  constructor(status, error) {
+    super(error?.message || `The server answered ${status}.`);
+    this.status = status;
+    this.type = error?.type || null;
+    this.code = error?.code || null;
+    this.param = error?.param || null;
+    this.title = status === 0 ? "Network error" : `${status} ${error?.type || "error"}`;
+  }
+}
+
+// What the server told the console at sign-in: whether it needs a key, and the models it routes.
+export const server = { open: false, models: [] };
+
+export const session = {
+  get key() { return sessionStorage.getItem(KEY); },
+  set key(value) {
+    if (value) sessionStorage.setItem(KEY, value);
+    else sessionStorage.removeItem(KEY);
+  },
+  get project() { return sessionStorage.getItem(PROJECT); },
+  set project(value) {
+    if (value) sessionStorage.setItem(PROJECT, value);
+    else sessionStorage.removeItem(PROJECT);
+  },
+};
+
+function url(path, query) {
+  const target = new URL(`v1/${path}`, document.baseURI);
+  for (const [name, value] of query || []) {
+    if (value !== undefined && value !== null && value !== "") target.searchParams.append(name, value);
+  }
+  return target;
+}
+
+// `query` is a list of [name, value] pairs (metadata filters repeat the `metadata[...]` form).
+export async function api(path, { method = "GET", body, query, key = session.key } = {}) {
+  const headers = { Accept: "application/json" };
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (session.project) headers["OpenAI-Project"] = session.project;
+  const init = { method, headers, credentials: "omit", cache: "no-store", redirect: "error" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(url(path, query), init);
+  } catch (cause) {
+    throw new ApiError(0, { message: `Could not reach the server (${cause.message}).` });
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  if (!response.ok) throw new ApiError(response.status, data?.error);
+  return data;
+}
+
+// Every page of a list endpoint, following `after` until `has_more` is false.
+export async function listAll(path, query = []) {
+  const items = [];
+  let after = null;
+  for (;;) {
+    const page = await api(path, { query: [...query, ["limit", "100"], ["after", after]] });
+    items.push(...page.data);
+    if (!page.has_more || !page.data.length) return items;
+    after = page.last_id;
+  }
+}
+
+// Whether a route exists on this server (a 404 envelope from an unknown path means it has not landed).
+export async function hasRoute(path) {
+  try {
+    await api(path, { query: [["limit", "1"]] });
+    return true;
+  } catch (error) {
+    return !(error.status === 404 && /^Invalid URL/.test(error.message));
+  }
+}

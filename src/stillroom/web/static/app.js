@@ -1,0 +1,132 @@
+// The console's entry: who is signed in, which view the URL's hash names, and the sign-in form.
+
+import { api, ApiError, server as state, session } from "./api.js";
+import { errorBox, field, h } from "./dom.js";
+import { renderCompletionDetail, renderCompletions } from "./completions.js";
+
+const view = document.getElementById("view");
+const nav = document.getElementById("nav");
+const who = document.getElementById("who");
+const signOut = document.getElementById("sign-out");
+
+// A key is good for the console when it may read stored completions (an inference-only key may not).
+async function checkKey(key) {
+  const models = await api("models", { key });
+  await api("chat/completions", { query: [["limit", "1"]], key });
+  return models.data.map((m) => m.id);
+}
+
+async function resolveSession() {
+  try {
+    state.models = await checkKey(session.key);
+    state.open = !session.key;
+    return true;
+  } catch (error) {
+    if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
+      if (session.key && error.status === 403) session.key = null;
+      return error.status === 403 ? error : false;
+    }
+    throw error;
+  }
+}
+
+function renderSignIn(problem) {
+  const input = h("input", { type: "password", name: "key", autocomplete: "off", required: true, spellcheck: "false" });
+  const errors = h("div");
+  if (problem instanceof ApiError) errors.append(errorBox(problem));
+  const form = h("form.card.signin", { "aria-labelledby": "signin-title" },
+    h("h1", { id: "signin-title", tabindex: "-1" }, "Sign in"),
+    h("p", "This server needs an API key. It is kept in this tab only (session storage) and sent as ",
+      h("code", "Authorization: Bearer"), "."),
+    field("API key", input, "A project key with read access, or the server key."),
+    errors,
+    h("button", { type: "submit" }, "Sign in"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const key = input.value.trim();
+    errors.replaceChildren();
+    try {
+      state.models = await checkKey(key);
+      session.key = key;
+      state.open = false;
+      if (location.hash.startsWith("#/signin")) location.hash = "#/completions";
+      else route();
+    } catch (error) {
+      errors.append(errorBox(error));
+      input.focus();
+    }
+  });
+  view.replaceChildren(form);
+  input.focus();
+}
+
+function renderChrome() {
+  nav.hidden = false;
+  signOut.hidden = state.open;
+  who.textContent = state.open ? "Laptop mode: no key needed" : "Signed in";
+}
+
+function currentSection(hash) {
+  for (const link of nav.querySelectorAll("a")) {
+    const current = hash.startsWith(`#/${link.dataset.section}`);
+    if (current) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+}
+
+let signedIn = false;
+
+async function route() {
+  const hash = location.hash || "#/completions";
+  if (!signedIn) {
+    let outcome;
+    try {
+      outcome = await resolveSession();
+    } catch (error) {
+      view.replaceChildren(errorBox(error));
+      return;
+    }
+    if (outcome !== true) {
+      nav.hidden = true;
+      signOut.hidden = true;
+      who.textContent = "";
+      renderSignIn(outcome);
+      return;
+    }
+    signedIn = true;
+    renderChrome();
+  }
+  currentSection(hash);
+  const [path, query = ""] = hash.slice(1).split("?");
+  const parts = path.split("/").filter(Boolean);
+  const params = new URLSearchParams(query);
+  if (parts[0] === "completions" && parts[1]) await renderCompletionDetail(view, decodeURIComponent(parts[1]), params);
+  else await renderCompletions(view, params);
+}
+
+signOut.addEventListener("click", () => {
+  session.key = null;
+  session.project = null;
+  signedIn = false;
+  location.hash = "#/completions";
+  route();
+});
+
+window.addEventListener("hashchange", route);
+// "/" jumps to the filters, Escape leaves a detail view for its list.
+document.addEventListener("keydown", (event) => {
+  const typing = event.target.closest?.("input, textarea, select, [contenteditable]");
+  if (event.key === "/" && !typing) {
+    const filter = view.querySelector("form.filters input");
+    if (filter) { filter.focus(); event.preventDefault(); }
+  } else if (event.key === "Escape" && !typing && !document.querySelector("dialog[open]")) {
+    const back = view.querySelector("a.back");
+    if (back) location.hash = back.getAttribute("href");
+  }
+});
+// A 401 anywhere later (a revoked key) sends the user back to the sign-in form.
+window.addEventListener("stillroom:unauthorized", () => {
+  signedIn = false;
+  route();
+});
+route();
