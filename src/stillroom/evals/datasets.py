@@ -1,0 +1,178 @@
+"""A run's data source -> the items it grades, each with the sample to grade when the source has one.
+
+Item shape of a stored completion (a `stored_completions` source; `{{item.*}}` reaches these):
+
+    {"id": "chatcmpl-…", "created_at": 1730000000, "model": "gpt-4o", "metadata": {"k": "v"},
+     "input": [<the request's messages>], "output_text": "<the stored answer>",
+     "output_tools": [<its tool calls>]}
+
+Its sample (graded when the run names no model) is the stored answer: `{{sample.output_text}}`,
+`{{sample.output_json}}` (the answer parsed, when the request asked for a JSON response_format) and
+`{{sample.output_tools}}`, plus OpenAI's sample fields (input, output, finish_reason, model, usage, …).
+A `jsonl` source (file content, or a file uploaded with purpose `evals`) gives `{"item": …, "sample"?: …}`
+per line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from stillroom.errors import BadRequestError
+from stillroom.store import completions as completion_store
+from stillroom.store.db import Engine
+
+ReadFile = Callable[[str], bytes]  # file id -> its bytes (raises NotFoundError)
+_PAGE = 200
+MAX_ITEMS = 100_000
+
+
+@dataclass(slots=True)
+class Item:
+    index: int
+    item: dict[str, Any]
+    sample: dict[str, Any] | None
+
+
+def load_items(data_source: dict[str, Any], engine: Engine, project_id: str, read_file: ReadFile) -> list[Item]:
+    source = data_source["source"]
+    if source["type"] == "stored_completions":
+        return stored_completion_items(engine, project_id, source)
+    rows = source["content"] if source["type"] == "file_content" else _read_jsonl(read_file(source["id"]), source["id"])
+    return [_jsonl_item(i, row) for i, row in enumerate(rows)]
+
+
+def _read_jsonl(data: bytes, file_id: str) -> list[Any]:
+    rows = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            raise BadRequestError(f"File {file_id} line {number} is not JSON.", param="data_source.source") from None
+    return rows
+
+
+def _jsonl_item(index: int, row: Any) -> Item:
+    if not isinstance(row, dict) or not isinstance(row.get("item"), dict):
+        raise BadRequestError(
+            f"Data source row {index} must be an object with an 'item' object.", param="data_source.source"
+        )
+    sample = row.get("sample")
+    if sample is not None and not isinstance(sample, dict):
+        raise BadRequestError(f"Data source row {index}: 'sample' must be an object.", param="data_source.source")
+    if sample is not None:
+        sample = {"output_text": "", "output_json": None, "output_tools": [], **sample}
+    return Item(index, row["item"], sample)
+
+
+def stored_completion_items(engine: Engine, project_id: str, source: dict[str, Any]) -> list[Item]:
+    """The selection, oldest first: metadata pairs, model, created_after/before (unix seconds), limit."""
+    limit = source.get("limit") or MAX_ITEMS
+    after_seq: int | None = None
+    items: list[Item] = []
+    while len(items) < limit:
+        rows, bodies, has_more = completion_store.list_completions_with_messages(
+            engine,
+            project_id,
+            metadata=source.get("metadata") or {},
+            model=source.get("model"),
+            after_seq=after_seq,
+            limit=_PAGE,
+        )
+        for row in rows:
+            created = int(row.response.get("created") or 0)
+            if row.incomplete or not _in_window(created, source):
+                continue
+            messages = [bodies[d] for d in row.message_digests]
+            items.append(_stored_item(len(items), row, messages))
+            if len(items) >= limit:
+                break
+        if not has_more or not rows:
+            break
+        after_seq = rows[-1].seq
+    return items
+
+
+def _in_window(created: int, source: dict[str, Any]) -> bool:
+    after, before = source.get("created_after"), source.get("created_before")
+    return (after is None or created >= after) and (before is None or created <= before)
+
+
+def _stored_item(index: int, row: completion_store.StoredCompletion, messages: list[dict[str, Any]]) -> Item:
+    sample = sample_from_completion(row.response, messages, row.request)
+    item = {
+        "id": row.id,
+        "created_at": int(row.response.get("created") or 0),
+        "model": row.model,
+        "metadata": row.metadata,
+        "input": messages,
+        "output_text": sample["output_text"],
+        "output_tools": sample["output_tools"],
+    }
+    return Item(index, item, sample)
+
+
+def sample_from_completion(
+    completion: dict[str, Any], messages: list[dict[str, Any]], params: dict[str, Any]
+) -> dict[str, Any]:
+    """OpenAI's output-item sample, plus the `output_text` / `output_json` / `output_tools` templates see."""
+    choice = (completion.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    text = message.get("content") or ""
+    if not isinstance(text, str):
+        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+    tools = message.get("tool_calls") or []
+    usage = completion.get("usage") or {}
+    return {
+        "input": [{"role": m.get("role"), "content": m.get("content")} for m in messages],
+        "output": [{"role": "assistant", "content": text}],
+        "finish_reason": choice.get("finish_reason") or "",
+        "model": completion.get("model") or "",
+        "usage": {
+            "total_tokens": int(usage.get("total_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "cached_tokens": int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
+        },
+        "error": None,
+        "temperature": params.get("temperature", 1.0),
+        "max_completion_tokens": params.get("max_completion_tokens") or params.get("max_tokens"),
+        "top_p": params.get("top_p", 1.0),
+        "seed": params.get("seed"),
+        "output_text": text,
+        "output_json": _output_json(text, params.get("response_format")),
+        "output_tools": tools,
+    }
+
+
+def error_sample(messages: list[dict[str, Any]], model: str, code: str, message: str) -> dict[str, Any]:
+    """The sample of an item whose sampling failed: OpenAI's shape with `error` set."""
+    return {
+        "input": messages,
+        "output": [],
+        "finish_reason": "",
+        "model": model,
+        "usage": {"total_tokens": 0, "completion_tokens": 0, "prompt_tokens": 0, "cached_tokens": 0},
+        "error": {"code": code, "message": message},
+        "temperature": None,
+        "max_completion_tokens": None,
+        "top_p": None,
+        "seed": None,
+        "output_text": "",
+        "output_json": None,
+        "output_tools": [],
+    }
+
+
+def _output_json(text: str, response_format: Any) -> Any:
+    if not isinstance(response_format, dict) or response_format.get("type") not in ("json_object", "json_schema"):
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
