@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from starlette.responses import Response
 
 from stillroom import __version__
-from stillroom.api import chat, models, stored
-from stillroom.api.deps import Svc, json_response
+from stillroom.api import chat, models, projects, stored
+from stillroom.api.deps import Svc, get_principal, json_response
 from stillroom.api.errors import install_error_handlers
 from stillroom.api.openapi import install_openapi
 from stillroom.config import Settings
@@ -48,12 +48,14 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.services.aclose()
 
     app = FastAPI(title="Stillroom", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    checked = [Depends(get_principal)]  # every route below: signed in, and allowed its operation's action
     for prefix in PREFIXES:
         app.include_router(chat.router, prefix=prefix)
-        app.include_router(stored.router, prefix=prefix)
-        app.include_router(models.router, prefix=prefix)
+        app.include_router(stored.router, prefix=prefix, dependencies=checked)
+        app.include_router(models.router, prefix=prefix, dependencies=checked)
+    app.include_router(projects.router, prefix="/v1", dependencies=checked)
     app.include_router(chat.deployments, prefix="/openai")
-    app.include_router(stored.deployments, prefix="/openai")
+    app.include_router(stored.deployments, prefix="/openai", dependencies=checked)
     app.include_router(health)
     app.include_router(console_router())  # the web console at /, a client of the routes above
     install_error_handlers(app)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stillroom import __version__
+from stillroom.cli_admin import audit_app, completions_app, keys_app, projects_app
 from stillroom.config import Settings
 from stillroom.errors import StillroomError
 
@@ -29,6 +30,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(projects_app, name="projects")
+app.add_typer(keys_app, name="keys")
+app.add_typer(completions_app, name="completions")
+app.add_typer(audit_app, name="audit")
 
 DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL (env STILLROOM_DATABASE_URL)")]
 ConfigFile = Annotated[
@@ -129,18 +134,19 @@ def db_upgrade(database_url: DatabaseUrl = None, debug: Debug = False) -> None:
 
 @app.command()
 def usage(database_url: DatabaseUrl = None, debug: Debug = False) -> None:
-    """Bytes kept per project (completion rows plus shared message contents)."""
-    from stillroom.store.completions import storage_usage
+    """Bytes kept per project (completion rows plus shared message contents), against its quota: read from
+    the running totals, so it answers at once however much is stored."""
+    from stillroom.store.projects import usage_totals
 
     try:
-        with _database(database_url) as engine:
-            totals = storage_usage(engine)
+        with _database(load_settings(database_url=database_url).database_url) as engine:
+            totals = usage_totals(engine)
     except Exception as exc:  # the CLI edge
         _fail(exc, debug)
         return
-    table = Table("project", "bytes kept")
-    for project, size in sorted(totals.items()):
-        table.add_row(project, f"{size:,}")
+    table = Table("project", "bytes kept", "quota bytes")
+    for project, (size, quota) in sorted(totals.items()):
+        table.add_row(project, f"{size:,}", f"{quota:,}")
     Console().print(table)
 
 

@@ -88,6 +88,67 @@ class Settings(BaseSettings):
     upstream_max_connections: int = Field(512, gt=0, description="Size of the shared upstream connection pool")
     log_level: str = Field("INFO", description="Python logging level")
 
+    # Projects, keys, quota, retention, audit (docs/access.md)
+    storage_enabled: bool = Field(
+        True,
+        description="Stored completions server-wide. false: `store: true` is answered but never stored, and no "
+        "project can turn storing back on",
+    )
+    default_quota_bytes: int = Field(
+        10 * 1000**3, ge=0, description="Bytes of stored data a new project may keep (10 GB; change per project)"
+    )
+    audit_reads: bool = Field(True, description="Audit reads of stored content too, not only changes")
+    access_poll_interval: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Seconds between checks for changed keys and projects: a key revoked anywhere stops working "
+        "on this server within it",
+    )
+    retention_interval: float = Field(60.0, gt=0, description="Seconds between retention sweeps")
+    retention_batch_size: int = Field(500, gt=0, description="Most completions one retention transaction deletes")
+    oidc_issuers: list[str] = Field(
+        default_factory=list, description="Accepted issuers (`iss`) of OIDC tokens, JSON list; empty: no tokens"
+    )
+    oidc_audience: str | None = Field(None, description="The audience (`aud`) OIDC tokens must carry")
+    oidc_jwks_url: str | None = Field(None, description="URL of the identity provider's JWKS (signing keys)")
+    oidc_jwks_file: Path | None = Field(None, description="A JWKS file, instead of oidc_jwks_url")
+    oidc_project_claim: str = Field("tid", description="The token claim that names the project")
+    oidc_project_map: dict[str, str] = Field(
+        default_factory=dict, description="JSON object: project claim value -> project id (default: the value itself)"
+    )
+    oidc_default_project: str | None = Field(None, description="Project of tokens without the project claim")
+    oidc_role_claims: list[str] = Field(
+        default_factory=lambda: ["roles", "groups"], description="Token claims that carry roles, JSON list"
+    )
+    oidc_role_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object: claim value (app role, group id) -> reader, contributor, inference or admin",
+    )
+
+    # Files, fine-tuning jobs and workers (docs/fine-tuning.md)
+    files_dir: Path = Field(
+        Path("./data/files"), description="Folder that holds uploaded and generated files (datasets, results)"
+    )
+    max_file_bytes: int = Field(512 * 1024 * 1024, gt=0, description="Largest file an upload may send (512 MB)")
+    job_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a worker's claim on a job lasts without a heartbeat; a killed worker's job is taken "
+        "over after it",
+    )
+    training_max_steps: int | None = Field(
+        None, gt=0, description="Most optimizer steps any fine-tuning job may run (default: no cap)"
+    )
+
+    @model_validator(mode="after")
+    def _check_oidc(self) -> Settings:
+        if self.oidc_issuers and not self.oidc_audience:
+            raise ValueError("oidc_issuers needs oidc_audience")
+        if self.oidc_issuers and (self.oidc_jwks_url is None) == (self.oidc_jwks_file is None):
+            raise ValueError("oidc_issuers needs exactly one of oidc_jwks_url or oidc_jwks_file")
+        return self
+
     def load_models(self) -> list[ModelConfig]:
         return load_models(self.config)
 

@@ -4,7 +4,10 @@ StillroomError (500 server_error)
 ├── BadRequestError (400 invalid_request_error)
 │   └── PayloadTooLargeError (413)
 ├── AuthenticationError (401)
+├── PermissionDeniedError (403)
 ├── NotFoundError (404)
+├── ConflictError (409)
+├── QuotaExceededError (429 insufficient_quota)
 ├── UpstreamError (relayed status and body, as the upstream sent them)
 ├── BadGatewayError (502)
 ├── GatewayTimeoutError (504)
@@ -45,9 +48,31 @@ class AuthenticationError(StillroomError):
     default_code = "invalid_api_key"
 
 
+class PermissionDeniedError(StillroomError):
+    """The caller is known but its role lacks the action the route needs."""
+
+    status = 403
+    type = "invalid_request_error"
+    default_code = "permission_denied"
+
+
 class NotFoundError(StillroomError):
     status = 404
     type = "invalid_request_error"
+
+
+class ConflictError(StillroomError):
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class QuotaExceededError(StillroomError):
+    """A write that would take a project past its storage quota."""
+
+    status = 429
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
 
 
 class UpstreamError(StillroomError):

@@ -32,12 +32,17 @@ deployments.add_route("/deployments/{deployment}/chat/completions", create_deplo
 
 async def _create(request: Request, deployment: str | None) -> Response:
     services: Services = request.app.state.services
-    principal = get_principal(request)
+    principal = await get_principal(request)
     chat = parse_chat_request(await read_body(request, services.settings.max_body_bytes), model=deployment)
     request_id = request.scope["state"]["request_id"]
     if chat.stream:
         answer = await services.gateway.stream_chat(chat, principal, request_id)
-        return StreamingResponse(answer.events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        stream_headers = {"cache-control": "no-cache"}
+        if answer.refused is not None:
+            stream_headers |= {"x-stillroom-stored": "false", "x-stillroom-stored-reason": answer.refused}
+        return StreamingResponse(answer.events, media_type="text/event-stream", headers=stream_headers)
     result = await services.gateway.complete_chat(chat, principal, request_id)
     headers = None if result.stored is None else {"x-stillroom-stored": "true" if result.stored else "false"}
+    if headers is not None and result.reason is not None:
+        headers["x-stillroom-stored-reason"] = result.reason
     return Response(result.body, media_type="application/json", headers=headers)

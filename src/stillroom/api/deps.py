@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import orjson
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from stillroom.auth import Principal, authenticate
-from stillroom.errors import PayloadTooLargeError
+from stillroom.auth.access import Credentials
+from stillroom.auth.roles import Principal, action_for, require
+from stillroom.errors import PayloadTooLargeError, PermissionDeniedError
 from stillroom.services import Services
 
 
@@ -18,14 +20,38 @@ def get_services(request: Request) -> Services:
     return services
 
 
-def get_principal(request: Request) -> Principal:
-    """The caller, from `api-key` or `Authorization: Bearer` (projects and roles will resolve here)."""
+async def get_principal(request: Request) -> Principal:
+    """The caller, from `api-key` or `Authorization: Bearer` (a project key, the server key or an OIDC token),
+    with the `OpenAI-Project` header; checked against the action the route's operation needs
+    (auth/roles.py OPERATION_ACTIONS), audited, and scoped to the `{project_id}` in the path, if any."""
+    cached = request.scope.get("stillroom.principal")
+    if cached is not None:
+        return cast(Principal, cached)
+    services = get_services(request)
     presented = request.headers.get("api-key")
     authorization = request.headers.get("authorization")
     if presented is None and authorization is not None:
         scheme, _, token = authorization.partition(" ")
         presented = token.strip() if scheme.lower() == "bearer" else authorization
-    return authenticate(get_services(request).settings.api_key, presented)
+    credentials = Credentials(presented, request.headers.get("openai-project"))
+    if services.access.is_slow(credentials):  # a token not seen yet: signature check, perhaps a JWKS fetch
+        principal = await run_in_threadpool(services.access.authenticate, credentials)
+    else:
+        principal = services.access.authenticate(credentials)
+    endpoint = request.scope.get("endpoint")
+    operation = getattr(endpoint, "__name__", "")
+    action = action_for(operation)
+    if action is None:  # a route missing from the table is refused, never open
+        raise PermissionDeniedError(f"The operation '{operation}' declares no action; nobody may call it.")
+    if "project_id" in request.path_params:
+        principal = services.access.scope(principal, request.path_params["project_id"])
+    allowed = principal.can(action)
+    if services.audit.is_audited(action):
+        target = f"{request.method} {request.url.path}"
+        services.audit.record(principal, action, operation, target, allowed=allowed)
+    require(principal, action)
+    request.scope["stillroom.principal"] = principal
+    return principal
 
 
 Svc = Annotated[Services, Depends(get_services)]

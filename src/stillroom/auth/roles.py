@@ -72,6 +72,8 @@ OPERATION_ACTIONS: dict[str, Action] = {
     "get_health": Action.PUBLIC,
     "get_readiness": Action.PUBLIC,
     "openapi": Action.PUBLIC,
+    "get_console": Action.PUBLIC,  # the console's static page; its scripts call the API with a key
+    "get_console_asset": Action.PUBLIC,
 }
 
 
