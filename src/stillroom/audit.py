@@ -12,7 +12,7 @@ from stillroom.auth.roles import Action, Principal
 from stillroom.store import audit as store
 from stillroom.store.db import Engine
 from stillroom.store.projects import Writes
-from stillroom.wire.ids import new_audit_event_id
+from stillroom.wire.ids import new_sortable_id
 
 log = logging.getLogger("stillroom.audit")
 
@@ -35,7 +35,7 @@ class AuditLog:
     def record(self, principal: Principal, action: Action, operation: str, target: str, *, allowed: bool) -> None:
         project_id = None if action in ORGANIZATION_LEVEL else principal.project_id
         event = store.AuditEvent(
-            new_audit_event_id(),
+            new_sortable_id("audit_"),
             project_id,
             int(time.time()),
             principal.subject,
