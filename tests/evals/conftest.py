@@ -9,17 +9,13 @@ import pytest
 from sqlalchemy import Engine
 
 from stillroom.store.db import make_engine
-from stillroom.store.eval_tables import eval_output_items, eval_runs, evals
 from stillroom.store.migrate import upgrade_database
-from stillroom.store.tables import metadata
 
 
 @pytest.fixture(scope="session")
 def eval_engine(db_url: str) -> Iterator[Engine]:
     engine = make_engine(db_url)
     upgrade_database(engine)
-    # Until migration 0005 joins the chain (it follows 0004), the eval tables are made from their definitions.
-    metadata.create_all(engine, tables=[evals, eval_runs, eval_output_items])
     yield engine
     engine.dispose()
 

@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import ColumnElement, Connection, Engine, and_, delete, func, insert, or_, select, tuple_, update
 
 from stillroom.store.db import write_transaction
-from stillroom.store.eval_tables import eval_output_items, eval_runs, evals
+from stillroom.store.tables import eval_output_items, eval_runs, evals
 
 T = TypeVar("T")
 ACTIVE = ("queued", "in_progress")
