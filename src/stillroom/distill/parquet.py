@@ -17,7 +17,7 @@ _ROWS_PER_GROUP = 2000
 
 
 def _schema() -> Any:
-    import pyarrow as pa
+    import pyarrow as pa  # type: ignore[import-untyped]
 
     call = pa.struct(
         [
@@ -64,7 +64,7 @@ def _row(example: dict[str, Any]) -> dict[str, Any]:
 def write_parquet(source: BinaryIO, target: Path) -> int:
     """Convert a chat fine-tuning JSONL stream; return the number of rows written."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     schema = _schema()
     rows: list[dict[str, Any]] = []

@@ -1,8 +1,10 @@
-"""Model name -> provider, built from the configured model list."""
+"""Model name -> provider, built from the configured model list; names it does not know are passed to
+`resolve` (fine-tuned `ft:` models, registered in the database by whichever worker trained them), and what
+that finds is kept for the life of the process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import aiohttp
 
@@ -14,9 +16,16 @@ from stillroom.providers.openai import azure_provider, openai_provider
 
 
 class ProviderRegistry:
-    def __init__(self, models: Iterable[ModelConfig], session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        models: Iterable[ModelConfig],
+        session: aiohttp.ClientSession,
+        resolve: Callable[[str], ModelConfig | None] | None = None,
+    ) -> None:
         self.models = {m.name: m for m in models}
         self._providers: dict[str, Provider] = {}
+        self._resolve = resolve
+        self._resolved: dict[str, tuple[ModelConfig, Provider]] = {}
         for model in self.models.values():
             model.api_key()  # a missing key variable fails at start-up, not on a request
             if model.provider == "local":
@@ -28,6 +37,12 @@ class ProviderRegistry:
 
     def get(self, name: str) -> tuple[ModelConfig, Provider]:
         provider = self._providers.get(name)
+        if provider is None and name.startswith("ft:") and self._resolve is not None:
+            found = self._resolved.get(name)
+            if found is None and (model := self._resolve(name)) is not None:
+                found = self._resolved.setdefault(name, (model, LocalProvider(model)))
+            if found is not None:
+                return found
         if provider is None:
             raise NotFoundError(
                 f"The model `{name}` does not exist or you do not have access to it.",
@@ -42,5 +57,5 @@ class ProviderRegistry:
                 provider.load()
 
     async def aclose(self) -> None:
-        for provider in self._providers.values():
+        for provider in [*self._providers.values(), *(p for _, p in self._resolved.values())]:
             await provider.aclose()

@@ -91,9 +91,11 @@ class Worker:
         max_attempts: int = 2,
         worker_id: str | None = None,
         writes: Writes | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.engine = engine
         self.writes = writes or direct_writes(engine)
+        self.stopping = stopping or threading.Event()  # set: stop the running job and hand it back
         self.storage = storage
         self.models = models
         self.runner = runner
@@ -219,7 +221,14 @@ class Worker:
             validation_path, _ = self._check_file(job, job.validation_file, "validation_file")
         heartbeat = _Heartbeat(self, job.id)
         reporter = _Reporter(self, job)
-        context = self._context(job, training_path, validation_path, n_examples, reporter.on_event, heartbeat.stopped)
+        context = self._context(
+            job,
+            training_path,
+            validation_path,
+            n_examples,
+            reporter.on_event,
+            lambda: heartbeat.stopped() or self.stopping.is_set(),
+        )
         context.output_dir = output_dir
         with heartbeat:
             try:
@@ -227,7 +236,7 @@ class Worker:
             except JobCancelled:
                 self._stopped(job, reporter)
                 return
-        if heartbeat.stopped():
+        if heartbeat.stopped() or self.stopping.is_set():
             self._stopped(job, reporter)
             return
         self._succeed(job, result)
@@ -249,10 +258,24 @@ class Worker:
         )
 
     def _stopped(self, job: store.JobRow, reporter: _Reporter) -> None:
+        step = f" at step {reporter.step}" if reporter.step is not None else ""
         current = store.get_job(self.engine, None, job.id)
         if current is not None and current.status == "cancelled":
-            step = f" at step {reporter.step}" if reporter.step is not None else ""
             store.add_events(self.writes, [new_event(job.id, f"Training stopped{step}: the job was cancelled")])
+        elif self.stopping.is_set():  # this worker is shutting down: another may take the job at once
+            store.update_held_job(
+                self.writes,
+                job.id,
+                self.id,
+                {"status": "queued", "worker_id": None, "lease_expires_at": None},
+                [
+                    new_event(
+                        job.id,
+                        f"Training stopped{step}: worker {self.id} shut down; the job is queued again",
+                        level="warn",
+                    )
+                ],
+            )
         log.info("job %s stopped (%s)", job.id, current.status if current else "deleted")
         shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
 

@@ -1,0 +1,94 @@
+"""The Distill request (`POST /fine_tuning/datasets`): which stored completions, and how to make them a
+dataset. Every field is optional:
+
+    {"metadata": {"k": "v"}, "model": "...", "created_after": 1700000000, "created_before": 1800000000,
+     "ids": ["chatcmpl-..."], "limit": 1000, "validation_split": 0.1, "seed": 0,
+     "drop_truncated": true, "drop_incomplete": true, "dedupe": true,
+     "system_prompt": "keep" | "strip" | {"replace": "You are ..."}}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from stillroom.distill.dataset import DatasetOptions
+from stillroom.distill.export import Selection
+from stillroom.errors import BadRequestError
+from stillroom.wire.chat import validate_metadata
+
+_KNOWN = frozenset(
+    (
+        "metadata",
+        "model",
+        "created_after",
+        "created_before",
+        "ids",
+        "limit",
+        "validation_split",
+        "seed",
+        "drop_truncated",
+        "drop_incomplete",
+        "dedupe",
+        "system_prompt",
+    )
+)
+
+
+def parse_dataset_request(body: dict[str, Any]) -> tuple[Selection, DatasetOptions]:
+    unknown = sorted(set(body) - _KNOWN)
+    if unknown:
+        raise BadRequestError(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
+    ids = body.get("ids") or []
+    if not isinstance(ids, list) or not all(isinstance(i, str) and "\x00" not in i for i in ids):
+        raise BadRequestError("Invalid 'ids': expected a list of completion ids.", param="ids")
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or "\x00" in model):
+        raise BadRequestError("Invalid 'model': expected a string.", param="model")
+    selection = Selection(
+        metadata=validate_metadata(body.get("metadata")) or {},
+        model=model,
+        created_after=_integer(body, "created_after"),
+        created_before=_integer(body, "created_before"),
+        ids=tuple(ids),
+    )
+    mode, replacement = _system_prompt(body.get("system_prompt", "keep"))
+    split = body.get("validation_split", 0.0)
+    if isinstance(split, bool) or not isinstance(split, int | float):
+        raise BadRequestError("Invalid 'validation_split': expected a number.", param="validation_split")
+    options = DatasetOptions(
+        validation_fraction=float(split),
+        drop_truncated=_flag(body, "drop_truncated"),
+        drop_incomplete=_flag(body, "drop_incomplete"),
+        dedupe=_flag(body, "dedupe"),
+        system_prompt=mode,
+        replacement=replacement,
+        seed=_integer(body, "seed") or 0,
+        limit=_integer(body, "limit"),
+    )
+    return selection, options
+
+
+def _integer(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequestError(f"Invalid '{name}': expected a non-negative integer.", param=name)
+    return value
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, True)
+    if not isinstance(value, bool):
+        raise BadRequestError(f"Invalid type for '{name}': expected a boolean.", param=name)
+    return value
+
+
+def _system_prompt(value: Any) -> tuple[Literal["keep", "strip", "replace"], str | None]:
+    if value in ("keep", "strip"):
+        return value, None
+    if isinstance(value, dict) and set(value) == {"replace"} and isinstance(value["replace"], str) and value["replace"]:
+        return "replace", value["replace"]
+    raise BadRequestError(
+        "Invalid 'system_prompt': expected 'keep', 'strip' or {\"replace\": \"<new prompt>\"}.", param="system_prompt"
+    )
