@@ -37,13 +37,19 @@ def models_file(tmp: Path, fake: FakeUpstream) -> Path:
 
 
 def make_client(tmp: Path, fake: FakeUpstream, db_url: str, **settings: Any) -> TestClient:
-    values: dict[str, Any] = {"database_url": db_url, "config": models_file(tmp, fake), "api_key": SecretStr(SERVER_KEY)}
+    values: dict[str, Any] = {
+        "database_url": db_url,
+        "config": models_file(tmp, fake),
+        "api_key": SecretStr(SERVER_KEY),
+    }
     return TestClient(create_app(Settings.model_validate(values | settings)))
 
 
 def new_project(client: TestClient, **fields: Any) -> str:
     project_id = f"p-{uuid.uuid4().hex[:12]}"
-    response = client.post("/v1/organization/projects", json={"name": project_id, "id": project_id, **fields}, headers=ADMIN)
+    response = client.post(
+        "/v1/organization/projects", json={"name": project_id, "id": project_id, **fields}, headers=ADMIN
+    )
     assert response.status_code == 200, response.text
     return project_id
 

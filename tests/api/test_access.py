@@ -153,8 +153,11 @@ def test_only_a_hash_of_a_key_is_kept(client: TestClient) -> None:
     key = new_key(client, project_id, "admin")
     engine = client.app.state.services.engine  # type: ignore[attr-defined]
     with engine.connect() as conn:
-        dump = "\n".join(str(tuple(row)) for table in ("api_keys", "audit_events", "projects")
-                         for row in conn.exec_driver_sql(f"SELECT * FROM {table}"))
+        dump = "\n".join(
+            str(tuple(row))
+            for table in ("api_keys", "audit_events", "projects")
+            for row in conn.exec_driver_sql(f"SELECT * FROM {table}")
+        )
     assert key not in dump and key[12:] not in dump
 
 

@@ -129,7 +129,7 @@ def delete_project(conn: Connection, project_id: str) -> dict[str, int] | None:
         return None
     deleted = {}
     for table in project_tables():
-        deleted[table.name] = int(conn.execute(delete(table).where(table.c.project_id == project_id)).rowcount)
+        deleted[str(table.name)] = int(conn.execute(delete(table).where(table.c.project_id == project_id)).rowcount)
     conn.execute(delete(projects).where(projects.c.id == project_id))
     bump_access(conn)
     return deleted
