@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from starlette.responses import Response
 
 from stillroom import __version__
-from stillroom.api import chat, evals, models, projects, stored
+from stillroom.api import chat, evals, files, fine_tuning, models, projects, stored
 from stillroom.api.deps import Svc, get_principal, json_response
 from stillroom.api.errors import install_error_handlers
 from stillroom.api.openapi import install_openapi
@@ -53,6 +53,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(chat.router, prefix=prefix)
         app.include_router(stored.router, prefix=prefix, dependencies=checked)
         app.include_router(models.router, prefix=prefix, dependencies=checked)
+        app.include_router(files.router, prefix=prefix, dependencies=checked)
+        app.include_router(fine_tuning.router, prefix=prefix, dependencies=checked)
         app.include_router(evals.router, prefix=prefix, dependencies=checked)
     app.include_router(projects.router, prefix="/v1", dependencies=checked)
     app.include_router(chat.deployments, prefix="/openai")

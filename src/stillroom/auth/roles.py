@@ -4,8 +4,8 @@ Actions follow Azure OpenAI's data actions for stored completions:
 
 | Action | Grants |
 | --- | --- |
-| `stored-completions/read` | list, retrieve, messages, export, usage |
-| `stored-completions/action` | update, delete, bulk delete |
+| `stored-completions/read` | list, retrieve, messages, export, usage; read files and fine-tuning jobs |
+| `stored-completions/action` | update, delete, bulk delete; upload and delete files, distill, fine-tune |
 | `inference` | create chat completions |
 | `models/read` | list and retrieve models (every role) |
 | `admin` | the project's settings, keys and audit log |
@@ -69,6 +69,18 @@ OPERATION_ACTIONS: dict[str, Action] = {
     "create_project_api_key": Action.ADMIN,
     "delete_project_api_key": Action.ADMIN,
     "list_audit_logs": Action.ADMIN,
+    "create_file": Action.ACT,
+    "list_files": Action.READ,
+    "retrieve_file": Action.READ,
+    "download_file": Action.READ,
+    "delete_file": Action.ACT,
+    "create_fine_tuning_job": Action.ACT,
+    "list_fine_tuning_jobs": Action.READ,
+    "retrieve_fine_tuning_job": Action.READ,
+    "cancel_fine_tuning_job": Action.ACT,
+    "list_fine_tuning_events": Action.READ,
+    "list_fine_tuning_job_checkpoints": Action.READ,
+    "create_fine_tuning_dataset": Action.ACT,  # Distill: stored completions -> a training file
     "create_eval": Action.ACT,  # Evaluate
     "list_evals": Action.READ,
     "get_eval": Action.READ,

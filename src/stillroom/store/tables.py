@@ -146,3 +146,95 @@ eval_output_items = Table(
     Index("ix_eval_output_items_run", "run_id", "id"),
     Index("ix_eval_output_items_run_item", "run_id", "datasource_item_id", unique=True),
 )
+
+# Files (bytes in the file storage, stillroom.store.blobs), fine-tuning jobs with their events and checkpoints,
+# and the models succeeded jobs register. Ids sort by creation; lists page on them, newest first.
+files = Table(
+    "files",
+    metadata,
+    Column("id", IdString, primary_key=True),  # file-…, sortable by creation
+    Column("project_id", String(64), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("filename", String(512), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("storage_key", String(512), nullable=False),  # where the bytes live in the file storage
+    Index("ix_files_project_id", "project_id", "id"),
+)
+
+fine_tuning_jobs = Table(
+    "fine_tuning_jobs",
+    metadata,
+    Column("id", IdString, primary_key=True),  # ftjob-…, sortable by creation
+    Column("project_id", String(64), nullable=False),
+    Column("model", String(256), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("training_file", String(40), nullable=False),
+    Column("validation_file", String(40), nullable=True),
+    Column("suffix", String(64), nullable=True),
+    Column("seed", BigInteger, nullable=False),
+    Column("method", Text, nullable=False),  # JSON: the method as asked ("auto" kept)
+    Column("hyperparameters", Text, nullable=True),  # JSON: resolved, once the files are validated
+    Column("metadata", Text, nullable=True),  # JSON object or null
+    Column("error", Text, nullable=True),  # JSON {code, message, param}
+    Column("fine_tuned_model", String(256), nullable=True),
+    Column("result_files", Text, nullable=False),  # JSON list of file ids
+    Column("trained_tokens", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger, nullable=True),
+    Column("estimated_finish", BigInteger, nullable=True),
+    Column("worker_id", String(128), nullable=True),  # the worker holding the lease
+    Column("lease_expires_at", Float, nullable=True),  # unix time; heartbeats push it forward
+    Column("attempts", BigInteger, nullable=False),  # claims so far (a lost worker's job is retried once)
+    Index("ix_fine_tuning_jobs_project_id", "project_id", "id"),
+    Index("ix_fine_tuning_jobs_status", "status", "id"),
+)
+
+fine_tuning_job_metadata = Table(
+    "fine_tuning_job_metadata",
+    metadata,
+    Column("job_id", IdString, ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("value", String(512), nullable=False),
+    Column("project_id", String(64), nullable=False),
+    Index("ix_fine_tuning_job_metadata_lookup", "project_id", "key", "value", "job_id"),
+)
+
+fine_tuning_job_events = Table(
+    "fine_tuning_job_events",
+    metadata,
+    Column("id", IdString, primary_key=True),  # ft-event-…, sortable by creation
+    Column("job_id", IdString, ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("level", String(8), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("data", Text, nullable=True),  # JSON
+    Index("ix_fine_tuning_job_events_job_id", "job_id", "id"),
+)
+
+fine_tuning_checkpoints = Table(
+    "fine_tuning_checkpoints",
+    metadata,
+    Column("id", IdString, primary_key=True),  # ftckpt_…, sortable by creation
+    Column("job_id", IdString, ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("step_number", BigInteger, nullable=False),
+    Column("metrics", Text, nullable=False),  # JSON
+    Column("fine_tuned_model_checkpoint", String(256), nullable=False),
+    Index("ix_fine_tuning_checkpoints_job_id", "job_id", "id"),
+)
+
+fine_tuned_models = Table(
+    "fine_tuned_models",
+    metadata,
+    Column("name", String(256), primary_key=True),  # ft:<base>:<project>:<suffix>:<job id>
+    Column("project_id", String(64), nullable=False),
+    Column("job_id", IdString, nullable=False),
+    Column("base_model", String(256), nullable=False),
+    Column("gguf_file", String(40), nullable=False),  # the file (purpose fine-tune-results) llama.cpp loads
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_fine_tuned_models_project_id", "project_id", "name"),
+)
