@@ -19,6 +19,7 @@ and it misbehaves on request (chosen by the `model` name) so fault tests can che
     fault-array-chunk  the same with `data: ["an", "array"]` as the fourth event
     azure-filters   Azure's shape: a `prompt_filter_results` chunk first, `content_filter_results` on choices
     echo            a completion whose content is the JSON request body the fake received
+    fault-error-event  a stream whose fourth event is an OpenAI error event, then its end without [DONE]
 
 Raw asyncio (uvloop when present) with HTTP/1.1 keep-alive: no framework, so it costs little.
 Run: python -m tests.fake_upstream --port 9100
@@ -222,6 +223,9 @@ class _Connection(asyncio.Protocol):
             events[3] = b"data: {not json\n\n"
         if model == "fault-array-chunk":
             events[3] = b'data: ["an", "array"]\n\n'
+        if model == "fault-error-event":
+            failure = {"error": {"message": "the fake upstream failed mid-stream", "type": "server_error"}}
+            events[3:] = [b"data: " + orjson.dumps(failure) + b"\n\n"]
         self.transport.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
         )

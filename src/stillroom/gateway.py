@@ -3,7 +3,8 @@
 A stored call is sent upstream with a seed (generated when the client sent none, and recorded, so the
 stored request reproduces) and, when streamed, with `stream_options.include_usage`, so that every stored
 completion has its usage; the usage chunk is taken out again for a client that did not ask for it.
-Whatever the upstream answers must be a JSON object (each chunk, for streams): anything else is a 502.
+Whatever the upstream answers must be a JSON object (each chunk, for streams): anything else is a 502. An
+upstream's own error event ends a stream as ours would: relayed as it came, and nothing after it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import orjson
 
 from stillroom.auth import Principal
 from stillroom.config import ModelConfig
-from stillroom.errors import BadGatewayError, StillroomError
+from stillroom.errors import BadGatewayError, StillroomError, UpstreamError
 from stillroom.providers.registry import ProviderRegistry
 from stillroom.store.completions import CompletionRecord
 from stillroom.store.writer import CommitQueue
@@ -95,6 +96,8 @@ class Gateway:
         try:
             while payload is not None:
                 chunk = _json_object(payload, model, "streamed")
+                if isinstance(chunk.get("error"), dict):  # the upstream's own mid-stream error event
+                    raise UpstreamError(502, orjson.dumps({"error": chunk["error"]}), {})
                 sent: bytes | None = payload
                 if assembler is not None:
                     assembler.add(chunk)
@@ -105,7 +108,8 @@ class Gateway:
             finished = True
         except StillroomError as exc:
             log.warning("stream for %s broke off: %s", relay.request_id, exc.message)
-            yield b"data: " + orjson.dumps(exc.to_envelope()) + b"\n\n"  # and the stream ends there, no [DONE]
+            event = exc.body if isinstance(exc, UpstreamError) else orjson.dumps(exc.to_envelope())
+            yield b"data: " + event + b"\n\n"  # and the stream ends there, no [DONE]
         finally:
             if not finished:  # stop the upstream now (a local model would otherwise keep generating)
                 _close_later(chunks)

@@ -167,6 +167,7 @@ HOSTILE_MODELS: dict[str, tuple[str, float | None]] = {
     "array-chunk": ("fault-array-chunk", None),
     "azure-filters": ("azure-filters", None),
     "echo": ("echo", None),
+    "fault-error-event": ("fault-error-event", None),
 }
 
 
@@ -353,3 +354,19 @@ def test_list_model_filter_also_matches_the_model_the_stored_object_reports(clie
     assert stored.model == LOCAL_MODEL  # the name the upstream answered with, not the configured "relay"
     assert [c.id for c in client.chat.completions.list(metadata={"tag": tag}, model="relay")] == [answer.id]
     assert [c.id for c in client.chat.completions.list(metadata={"tag": tag}, model=LOCAL_MODEL)] == [answer.id]
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["unstored", "stored"])
+def test_upstream_error_event_mid_stream_is_relayed_once_and_ends_the_stream(
+    sdk: openai.OpenAI, hostile: tuple[LiveServer, Engine], store: bool, tag: str
+) -> None:
+    body = {"model": "fault-error-event", "messages": PROMPT, "stream": True, "store": store, "metadata": {"tag": tag}}
+    lines = _sse_lines(hostile[0], body)
+    events = [orjson.loads(line[6:]) for line in lines]
+    assert [e for e in events if "error" in e] == [events[-1]]  # one error event, the last line: no [DONE]
+    assert events[-1] == {"error": {"message": "the fake upstream failed mid-stream", "type": "server_error"}}
+    if store:
+        stored = _poll_list(sdk, tag)
+        assert [c.id for c in stored] == [events[0]["id"]]
+        assert (stored[0].model_extra or {})["stillroom"]["incomplete"] is True
+        assert stored[0].choices[0].message.content == "The quick "
