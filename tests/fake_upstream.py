@@ -20,6 +20,11 @@ and it misbehaves on request (chosen by the `model` name) so fault tests can che
     azure-filters   Azure's shape: a `prompt_filter_results` chunk first, `content_filter_results` on choices
     echo            a completion whose content is the JSON request body the fake received
     fault-error-event  a stream whose fourth event is an OpenAI error event, then its end without [DONE]
+    fake-ms         a canned completion whose `created` is in milliseconds, as some upstreams send it
+    hold            a stream that sends its first two events, then waits for a `release` request with
+                    the same `user` before sending the rest (a long stream, ended when a test says so)
+    release         releases the held streams of its `user`, and answers a canned completion
+    drip            a stream of `DRIP_CHUNKS` chunks, one every `DRIP_SECONDS` (a live stream to time)
 
 Raw asyncio (uvloop when present) with HTTP/1.1 keep-alive: no framework, so it costs little.
 Run: python -m tests.fake_upstream --port 9100
@@ -30,10 +35,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 
 import orjson
 
 FAULT_SLOW_SECONDS = 2.0
+DRIP_CHUNKS = 200
+DRIP_SECONDS = 0.01
+_HELD: dict[str, list[Callable[[], None]]] = {}  # user -> resumptions of its held streams
 ANSWER = "The quick brown fox jumps over the lazy dog. " * 4
 
 
@@ -42,7 +51,7 @@ def _completion(model: str, content: str = ANSWER) -> bytes:
         {
             "id": "chatcmpl-fake0000000000000000000000000",
             "object": "chat.completion",
-            "created": int(time.time()),
+            "created": int(time.time() * 1000) if model == "fake-ms" else int(time.time()),
             "model": model,
             "system_fingerprint": "fp_fake",
             "choices": [
@@ -67,6 +76,8 @@ def _chunks(model: str, include_usage: bool, text: str | None = None) -> list[by
     }
     usage = {"usage": None} if include_usage else {}
     pieces = [w + " " for w in ANSWER.split()[:12]] if text is None else [text]
+    if model == "drip":
+        pieces = [f"{i} " for i in range(DRIP_CHUNKS)]
     deltas = [{"role": "assistant", "content": ""}] + [{"content": piece} for piece in pieces]
     events = [
         {**head, **usage, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}
@@ -204,7 +215,23 @@ class _Connection(asyncio.Protocol):
         if model == "fault-slow":
             asyncio.get_running_loop().call_later(FAULT_SLOW_SECONDS, self._send, model, stream, include_usage)
             return
+        if model == "release":
+            for resume in _HELD.pop(str(request.get("user")), []):
+                resume()
+        if model == "hold" and stream:
+            self._hold(str(request.get("user")), include_usage)
+            return
         self._send(model, stream, include_usage)
+
+    def _hold(self, user: str, include_usage: bool) -> None:
+        assert self.transport is not None
+        events = [b"%x\r\n%s\r\n" % (len(e), e) for e in _chunks("hold", include_usage)] + [b"0\r\n\r\n"]
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        self.transport.writelines(events[:2])
+        transport = self.transport
+        _HELD.setdefault(user, []).append(lambda: None if transport.is_closing() else transport.writelines(events[2:]))
 
     def _send(self, model: str, stream: bool, include_usage: bool, echo: str | None = None) -> None:
         assert self.transport is not None
@@ -229,6 +256,15 @@ class _Connection(asyncio.Protocol):
         self.transport.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
         )
+        if model == "drip":
+            loop = asyncio.get_running_loop()
+            framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in events] + [b"0\r\n\r\n"]
+            transport = self.transport
+            for i, event in enumerate(framed):
+                loop.call_later(
+                    i * DRIP_SECONDS, lambda e=event: None if transport.is_closing() else transport.write(e)
+                )
+            return
         if model == "fault-cut":
             for event in events[:4]:
                 self.transport.write(b"%x\r\n%s\r\n" % (len(event), event))

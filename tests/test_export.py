@@ -5,16 +5,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from typer.testing import CliRunner
 
 from stillroom.cli import app
 from stillroom.export import iter_training_rows
-from stillroom.store.completions import CompletionRecord, save_completions
-from stillroom.store.db import make_engine
+from stillroom.store.completions import CompletionRecord, delete_completion, save_completions
+from stillroom.store.db import make_engine, write_transaction
 from stillroom.store.migrate import upgrade_database
 from stillroom.wire.ids import new_completion_id
 
@@ -47,7 +48,7 @@ def _record(
     )
 
 
-def test_rows_are_inputs_plus_the_answer_in_creation_order(store_engine: Engine) -> None:
+def test_rows_are_inputs_plus_the_answer_in_commit_order(store_engine: Engine) -> None:
     project = uuid.uuid4().hex
     save_completions(store_engine, [_record(project, f"q{i}", f"a{i}") for i in range(1203)])
     rows = list(iter_training_rows(store_engine, project, metadata={}, model=None))
@@ -96,3 +97,41 @@ def test_cli_export_rejects_a_malformed_filter(db_url: str, tmp_path: Path) -> N
     )
     assert result.exit_code != 0
     assert "key=value" in result.output
+
+
+def test_a_completion_deleted_while_its_page_is_read_is_exported_whole(store_engine: Engine) -> None:
+    """The page and its message bodies are one snapshot: a delete committed in between (here, just before
+    the bodies are read) neither aborts the export nor leaves a row without its messages."""
+    project = uuid.uuid4().hex
+    records = [_record(project, f"only in q{i} {project}", f"a{i}") for i in range(3)]
+    save_completions(store_engine, records)
+    fired: list[bool] = []
+
+    def delete_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not fired and "FROM message_contents" in statement:
+            fired.append(True)
+            with write_transaction(store_engine) as writer:
+                assert delete_completion(writer, project, records[0].id)
+
+    event.listen(store_engine, "before_cursor_execute", delete_first)
+    try:
+        rows = list(iter_training_rows(store_engine, project, metadata={}, model=None))
+    finally:
+        event.remove(store_engine, "before_cursor_execute", delete_first)
+    assert fired
+    assert [r["messages"][1]["content"] for r in rows] == [r.messages[1]["content"] for r in records]
+    assert [
+        r["messages"][1]["content"] for r in iter_training_rows(store_engine, project, metadata={}, model=None)
+    ] == [r.messages[1]["content"] for r in records[1:]]
+
+
+def test_a_completion_committed_after_its_id_was_passed_is_still_exported(store_engine: Engine) -> None:
+    """Export pages in commit order: a stream minted before and committed after a page boundary is on a
+    later page, not skipped."""
+    project = uuid.uuid4().hex
+    stream = _record(project, "the long stream", "s")
+    shorts = [_record(project, f"short {i}", f"a{i}") for i in range(3)]
+    save_completions(store_engine, shorts)
+    save_completions(store_engine, [stream])
+    rows = list(iter_training_rows(store_engine, project, metadata={}, model=None))
+    assert [r["messages"][1]["content"] for r in rows] == ["short 0", "short 1", "short 2", "the long stream"]

@@ -4,6 +4,7 @@ content-addressed messages, metadata updates, deletes, and the writer (group com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import threading
@@ -15,11 +16,12 @@ from typing import Any, TypeVar
 
 import orjson
 import pytest
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, event, func, select
 from sqlalchemy.exc import IntegrityError
 
 from stillroom.store.completions import (
     CompletionRecord,
+    CursorNotFoundError,
     StoredCompletion,
     _rarest_first,
     delete_completion,
@@ -893,3 +895,157 @@ def test_the_writer_checkpoints_the_wal_on_a_thread_of_its_own(tmp_path: Path) -
     engine.dispose()
     assert queue.committed == 3 * CHECKPOINT_EVERY
     assert sizes[2] <= sizes[0] * 1.2, sizes
+
+
+# --- the commit sequence: list order is commit order ---------------------------------------------
+
+
+def test_a_completion_committed_after_a_cursor_passed_it_is_on_a_later_page(engine: Engine, project: str) -> None:
+    """A stream's id is minted when it starts and its row committed when it ends: a short call made during
+    it has a later id but is committed first. A consumer paging with `after` must still see both, once."""
+    stream = record(project)  # id minted first
+    short = record(project)
+    assert stream.id < short.id
+    save_completions(engine, [short])
+    first_page = list_all(engine, project)
+    assert ids(first_page) == [short.id]
+    save_completions(engine, [stream])  # the stream ends
+    assert ids(list_all(engine, project, after=first_page[-1].id)) == [stream.id]
+    assert ids(list_all(engine, project)) == [short.id, stream.id]  # commit order, not id order
+    assert ids(list_all(engine, project, descending=True)) == [stream.id, short.id]
+    assert ids(list_all(engine, project, after=stream.id, descending=True)) == [short.id]
+
+
+def test_a_deleted_cursor_resumes_exactly_where_it_was(engine: Engine, project: str) -> None:
+    stream, short, later = record(project), record(project), record(project)
+    save_completions(engine, [short])
+    save_completions(engine, [stream])
+    save_completions(engine, [later])
+    assert write(engine, delete_completion, project, short.id) is True
+    # Neither "the next id" nor "the greatest row before it by id" would do: the stream has a smaller id.
+    assert ids(list_all(engine, project, after=short.id)) == [stream.id, later.id]
+    assert ids(list_all(engine, project, after=later.id, descending=True)) == [stream.id]
+
+
+def test_an_unknown_cursor_is_refused(engine: Engine, project: str) -> None:
+    theirs = record(project + "-other")
+    save_completions(engine, [theirs])
+    with pytest.raises(CursorNotFoundError):
+        list_all(engine, project, after=new_completion_id())
+    with pytest.raises(CursorNotFoundError):
+        list_all(engine, project, after=theirs.id)  # another project's id names nothing here
+
+
+def test_filtered_pages_follow_commit_order_and_updates_keep_the_place(engine: Engine, project: str) -> None:
+    stream, short = record(project, metadata={"k": "v"}), record(project, metadata={"k": "v"})
+    save_completions(engine, [short])
+    save_completions(engine, [stream])
+    write(engine, update_metadata, project, short.id, lambda current: {**current, "extra": "1"})
+    for model in (None, "gpt-test"):
+        assert ids(list_all(engine, project, metadata={"k": "v"}, model=model)) == [short.id, stream.id]
+        assert ids(list_all(engine, project, metadata={"k": "v"}, model=model, after=short.id)) == [stream.id]
+    assert ids(list_all(engine, project, metadata={"k": "v", "extra": "1"})) == [short.id]
+    assert ids(list_all(engine, project, model="gpt-test", after=short.id)) == [stream.id]
+
+
+def test_concurrent_writers_are_numbered_in_commit_order(db_url: str, project: str) -> None:
+    """Two writers (as two `serve` processes would be, each with its own engine) commit at once while a
+    consumer pages with `after`: the consumer sees every completion exactly once."""
+    engines = [make_engine(db_url) for _ in range(2)]
+    queues = [CommitQueue(e, batch_size=4) for e in engines]
+    total = 200
+    done = threading.Event()
+    seen: list[str] = []
+
+    def produce(queue: CommitQueue, n: int) -> None:
+        futures = [queue.submit(record(project)) for _ in range(n)]
+        for future in futures:
+            future.result(WAIT)
+
+    def consume() -> None:
+        after = None
+        while True:
+            finished = done.is_set()
+            page, more = list_completions(
+                engines[0], project, metadata={}, model=None, after=after, limit=7, descending=False
+            )
+            seen.extend(ids(page))
+            if page:
+                after = page[-1].id
+            if finished and not more and not page:
+                return
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    producers = [threading.Thread(target=produce, args=(q, total // 2)) for q in queues]
+    for thread in producers:
+        thread.start()
+    for thread in producers:
+        thread.join(WAIT)
+    done.set()
+    consumer.join(WAIT)
+    for queue, eng in zip(queues, engines, strict=True):
+        queue.close()
+        eng.dispose()
+    assert len(seen) == total
+    assert len(set(seen)) == total
+
+
+def test_milliseconds_created_is_stored_as_sent(engine: Engine, project: str) -> None:
+    """Some upstreams send `created` in milliseconds: a 32-bit column made every store fail on PostgreSQL."""
+    rec = record(project)
+    rec.response["created"] = 1_700_000_000_123
+    save_completions(engine, [rec])
+    stored = get_completion(engine, project, rec.id)
+    assert stored is not None and stored.response["created"] == 1_700_000_000_123
+    with engine.connect() as conn:
+        assert conn.execute(select(completions.c.created).where(completions.c.id == rec.id)).scalar() == (
+            1_700_000_000_123
+        )
+
+
+def test_created_that_is_not_a_64_bit_integer_is_kept_in_the_response_only(engine: Engine, project: str) -> None:
+    odd = [record(project) for _ in range(3)]
+    for rec, created in zip(odd, [2**64 - 1, "1700000000", 1.7e9], strict=True):
+        rec.response["created"] = created
+    save_completions(engine, odd)
+    with engine.connect() as conn:
+        columns = dict(
+            conn.execute(
+                select(completions.c.id, completions.c.created).where(completions.c.project_id == project)
+            ).all()
+        )
+    assert [columns[r.id] for r in odd] == [0, 0, 1_700_000_000]
+    stored = get_completion(engine, project, odd[0].id)
+    assert stored is not None and stored.response["created"] == 2**64 - 1
+
+
+# --- snapshot reads --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def delete_before_bodies_are_read(engine: Engine, project: str, victim: str) -> Iterator[list[bool]]:
+    """Delete `victim` (on another connection, committed) just before the first read of message bodies:
+    the moment a reader that is not one snapshot would find the bodies gone."""
+    fired: list[bool] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not fired and "FROM message_contents" in statement:
+            fired.append(True)
+            write(engine, delete_completion, project, victim)
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield fired
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+def test_messages_read_while_the_completion_is_deleted_come_from_one_snapshot(engine: Engine, project: str) -> None:
+    rec = record(project, [SYSTEM, {"role": "user", "content": f"only here {project}"}])
+    save_completions(engine, [rec])
+    with delete_before_bodies_are_read(engine, project, rec.id) as fired:
+        messages = get_messages(engine, project, rec.id)
+    assert fired  # the delete did land between the two reads
+    assert messages == rec.messages  # the whole answer of the snapshot (before the delete), not a KeyError
+    assert get_messages(engine, project, rec.id) is None  # and afterwards: gone, cleanly

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,21 +91,28 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
 @contextmanager
 def raw_write_transaction(engine: Engine) -> Iterator[Any]:
     """A DBAPI cursor in one write transaction, on a pooled connection: for hot paths where SQLAlchemy's
-    statement handling would cost more than the database's own work."""
+    statement handling would cost more than the database's own work. Raises SQLAlchemy's exception classes
+    (IntegrityError, OperationalError...), as the rest of the store does; a connection the database dropped
+    is discarded, not returned to the pool."""
+    dbapi_error = engine.dialect.loaded_dbapi.Error
     connection = engine.raw_connection()
     try:
         cursor = connection.cursor()
-        if engine.dialect.name == "sqlite":
-            cursor.execute("BEGIN IMMEDIATE")
         try:
+            if engine.dialect.name == "sqlite":
+                cursor.execute("BEGIN IMMEDIATE")
             yield cursor
             connection.commit()
-        except engine.dialect.loaded_dbapi.Error as exc:
-            connection.rollback()
-            # The same exception classes SQLAlchemy raises elsewhere (IntegrityError, OperationalError...).
-            raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error) from exc
+        except dbapi_error as exc:
+            if engine.dialect.is_disconnect(exc, connection.dbapi_connection, cursor):
+                connection.invalidate(exc)
+            else:
+                with contextlib.suppress(dbapi_error):
+                    connection.rollback()
+            raise DBAPIError.instance(None, None, exc, dbapi_error) from exc
         except BaseException:
-            connection.rollback()
+            with contextlib.suppress(dbapi_error):
+                connection.rollback()
             raise
         cursor.close()
     finally:
