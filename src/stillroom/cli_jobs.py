@@ -84,8 +84,10 @@ def worker(
     parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None,
     debug: Debug = False,
 ) -> None:
-    """Run fine-tuning jobs from the database until stopped (SIGTERM or Ctrl-C re-queue the running job)."""
+    """Run fine-tuning jobs and eval runs from the database until stopped (SIGTERM or Ctrl-C re-queue the
+    running job)."""
     from stillroom.cli import _configure_logging
+    from stillroom.evals.worker import start_eval_worker
     from stillroom.store.blobs import LocalFileStorage
     from stillroom.training.runner import LocalTrainer
     from stillroom.training.worker import Worker
@@ -102,6 +104,7 @@ def worker(
     if parent_pid is not None:  # started by `serve`: end with it, however it ends
         threading.Thread(target=_watch_parent, args=(parent_pid, stop), daemon=True).start()
     with _engine(settings, debug) as engine:
+        evals_thread = start_eval_worker(settings, engine, stop)  # eval runs: a second kind of work
         runner = Worker(
             engine,
             LocalFileStorage(settings.files_dir),
@@ -112,6 +115,7 @@ def worker(
             stopping=stop,
         )
         runner.run_forever(stop)
+        evals_thread.join(30)
 
 
 def _watch_parent(parent_pid: int, stop: threading.Event) -> None:

@@ -85,7 +85,7 @@ class NoModel:
 
 
 def work(engine: Engine, sampler: Any, **kwargs: Any) -> bool:
-    return asyncio.run(RunWorker(engine, sampler, lambda file_id: b"", **kwargs).run_once())
+    return asyncio.run(RunWorker(engine, sampler, lambda project, file_id: b"", **kwargs).run_once())
 
 
 def run_row(engine: Engine, project: str, eval_id: str, run_id: str) -> store.RunRow:
@@ -147,7 +147,7 @@ def test_a_completions_run_samples_the_embedded_model(eval_engine: Engine, proje
         async with aiohttp.ClientSession() as session:
             registry = ProviderRegistry([ModelConfig(name=LOCAL, provider="local")], session)
             try:
-                return await RunWorker(eval_engine, RegistrySampler(registry), lambda f: b"").run_once()
+                return await RunWorker(eval_engine, RegistrySampler(registry), lambda project, f: b"").run_once()
             finally:
                 await registry.aclose()
 
@@ -209,7 +209,7 @@ def test_cancel_mid_run_stops_it(eval_engine: Engine, project: str) -> None:
     sampler = SlowFake()
 
     async def go() -> None:
-        worker = RunWorker(eval_engine, sampler, lambda f: b"", concurrency=2, lease_seconds=0.6)
+        worker = RunWorker(eval_engine, sampler, lambda project, f: b"", concurrency=2, lease_seconds=0.6)
         task = asyncio.ensure_future(worker.run_once())
         while not store.all_output_items(eval_engine, run_id):
             await asyncio.sleep(0.02)

@@ -25,7 +25,7 @@ from stillroom.errors import BadRequestError
 from stillroom.store import completions as completion_store
 from stillroom.store.db import Engine
 
-ReadFile = Callable[[str], bytes]  # file id -> its bytes (raises NotFoundError)
+ReadFile = Callable[[str, str], bytes]  # (project id, file id) -> its bytes (raises NotFoundError)
 _PAGE = 200
 MAX_ITEMS = 100_000
 
@@ -41,7 +41,11 @@ def load_items(data_source: dict[str, Any], engine: Engine, project_id: str, rea
     source = data_source["source"]
     if source["type"] == "stored_completions":
         return stored_completion_items(engine, project_id, source)
-    rows = source["content"] if source["type"] == "file_content" else _read_jsonl(read_file(source["id"]), source["id"])
+    rows = (
+        source["content"]
+        if source["type"] == "file_content"
+        else _read_jsonl(read_file(project_id, source["id"]), source["id"])
+    )
     return [_jsonl_item(i, row) for i, row in enumerate(rows)]
 
 

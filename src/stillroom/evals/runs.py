@@ -13,7 +13,6 @@ not grade it (it then also counts as a failed output item).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -319,17 +318,16 @@ class RunWorker:
             values = {**tally.values(), "status": "completed", "finished_at": int(time.time())}
             await asyncio.to_thread(store.finish_run, self.engine, run.id, self.id, values)
 
-    async def run_forever(self, stop: asyncio.Event, *, poll_seconds: float = 0.5) -> None:
+    async def run_forever(self, should_stop: Callable[[], bool], *, poll_seconds: float = 0.5) -> None:
         log.info("eval worker %s waiting for runs", self.id)
-        while not stop.is_set():
+        while not should_stop():
             try:
                 worked = await self.run_once()
             except Exception:  # the worker loop's edge: log, wait, go on
                 log.exception("eval worker %s: claiming or running failed", self.id)
                 worked = False
             if not worked:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), poll_seconds)
+                await asyncio.sleep(poll_seconds)
 
 
 def _regraded(row: store.OutputItemRow) -> GradedItem:
