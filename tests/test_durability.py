@@ -21,6 +21,7 @@ from sqlalchemy import select, text
 from stillroom.store.db import make_engine
 from stillroom.store.tables import completions
 from tests.conftest import LOCAL_MODEL, PG_ADMIN
+from tests.envelope import assert_openai_error
 from tests.live import FakeUpstream, LiveServer, fake_models_config, start_fake_upstream, start_server
 
 FAKE_MODELS: dict[str, tuple[str, float | None]] = {"fake": ("fake", None), "hold": ("hold", None)}
@@ -275,3 +276,5 @@ def test_a_stream_that_ends_after_a_short_call_is_seen_by_a_consumer_paging_with
         seen += [c.id for c in sdk.chat.completions.list(metadata={"tag": tag}, after=seen[-1])]
         assert seen == [short.id, stream_id]
         assert [c.id for c in sdk.chat.completions.list(metadata={"tag": tag}, order="desc")] == [stream_id, short.id]
+        unknown = httpx.get(server.url + "/v1/chat/completions", params={"after": "chatcmpl-neverstored"})
+        assert_openai_error(unknown, 400, "invalid_request_error", "after")
