@@ -1,10 +1,10 @@
 """A short schemathesis run against a live `stillroom serve`, generated from the server's own /openapi.json.
 
 Every model the server knows points at THE fake upstream, so generated requests never run a real model
-(and the fake's `fake` model never fails, so no 502/504 is expected either). About 150 cases, positive and
-negative, over every operation; each response goes through every check, and each check is its own test:
-no 5xx, every status code and content type documented, every documented response schema and header
-holds, and the server still answers /health afterwards. `bench/fuzz.py` is the long run (over 1,000 cases).
+(and the fake's `fake` model never fails, so no 502/504 is expected either). About 6 cases per operation,
+positive and negative; each response goes through every check, and each check is its own test: no 5xx,
+every status code and content type documented, every documented response schema and header holds, and
+the server still answers /health afterwards. `bench/fuzz.py` is the long run (over 1,000 cases).
 
 The cases are driven with `APIOperation.as_strategy()` and Hypothesis rather than `schema.parametrize()`:
 schemathesis 4.32's lazy pytest loader (`schemathesis.pytest.from_fixture`, the only way to fuzz a server
@@ -49,7 +49,7 @@ FUZZ_MODELS: dict[str, tuple[str, float | None]] = {
     "smollm2-135m-instruct": ("fake", 5.0),
 }
 INTEGER_FIELDS = ("n", "max_tokens", "max_completion_tokens", "seed", "top_logprobs")
-MAX_EXAMPLES = 4  # per operation and generation mode: about 150 cases over the 26 operations
+MAX_EXAMPLES = 4  # per operation and generation mode: about 6 cases per operation
 
 
 def no_server_error(_ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> bool | None:
@@ -78,6 +78,7 @@ ALL_CHECKS = {
 @dataclass
 class FuzzReport:
     cases: int = 0
+    operations: int = 0  # in the schema
     by_operation: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     by_status: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     # check -> "METHOD /path -> status: title" -> [count, one reproducing curl command, its response's start]
@@ -172,6 +173,7 @@ def run_fuzz(
     with requests.Session() as session:
         for result in schema.get_all_operations():
             operation = result.ok()
+            report.operations += 1
             modes = [schemathesis.GenerationMode.POSITIVE]
             if operation.query or operation.body:  # a lone string path parameter has no invalid value
                 modes.append(schemathesis.GenerationMode.NEGATIVE)
@@ -263,10 +265,11 @@ def fuzz_report(fuzz_server: LiveServer) -> FuzzReport:
     return run_fuzz(schema, CONFORMANCE_CHECKS, max_examples=MAX_EXAMPLES)
 
 
-def test_fuzz_ran_about_150_cases_over_every_operation(fuzz_report: FuzzReport) -> None:
+def test_fuzz_ran_about_6_cases_over_every_operation(fuzz_report: FuzzReport) -> None:
     assert fuzz_report.errors == []
-    assert 120 <= fuzz_report.cases <= 200, fuzz_report.as_json()
-    assert len(fuzz_report.by_operation) == 26
+    assert fuzz_report.operations >= 26
+    assert len(fuzz_report.by_operation) == fuzz_report.operations
+    assert 4 * fuzz_report.operations <= fuzz_report.cases <= 8 * fuzz_report.operations, fuzz_report.as_json()
     assert fuzz_report.by_status.get(200, 0) >= 20, fuzz_report.as_json()  # real answers, not only refusals
 
 

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from stillroom.errors import BadRequestError
-from stillroom.wire.chat import ChatRequest, parse_chat_request, validate_metadata
+from stillroom.wire.chat import MAX_JSON_DEPTH, ChatRequest, parse_chat_request, parse_json_object, validate_metadata
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 _DROP = object()  # a field left out of the body
@@ -368,3 +368,98 @@ def test_integral_floats_are_integers_and_forwarded_as_such() -> None:
     with pytest.raises(BadRequestError) as info:
         parse_chat_request(orjson.dumps(body(n=1.5)))
     assert info.value.param == "n"
+
+
+# --- OpenAI's declared parameters (wire/chat.py CREATE_PARAMS, also the OpenAPI schema) ---------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("logit_bias", {"50256": 101}, "logit_bias.50256"),
+        ("logit_bias", {"50256": -100.5}, "logit_bias.50256"),
+        ("logit_bias", {"50256": "-100"}, "logit_bias.50256"),
+        ("logit_bias", {"hello": 1}, "logit_bias"),
+        ("stop", [], "stop"),
+        ("stop", ["a", "b", "c", "d", "e"], "stop"),
+        ("stop", ["a", 1], "stop[1]"),
+        ("service_tier", "turbo", "service_tier"),
+        ("tool_choice", "sometimes", "tool_choice"),
+        ("tools", [{"function": {"name": "f"}}], "tools[0].type"),
+        ("tools", [{"type": "browser"}], "tools[0].type"),
+        ("response_format", {"type": "yaml"}, "response_format.type"),
+        ("response_format", {}, "response_format.type"),
+        (
+            "response_format",
+            {"type": "json_schema", "json_schema": {"name": "n" * 65}},
+            "response_format.json_schema.name",
+        ),
+        ("stream_options", {"include_usage": "yes"}, "stream_options.include_usage"),
+        ("safety_identifier", "s" * 65, "safety_identifier"),
+        ("prompt_cache_key", 7, "prompt_cache_key"),
+    ],
+)
+def test_declared_parameter_out_of_its_spec_names_the_param(field: str, value: Any, param: str) -> None:
+    extra = {"stream": True} if field == "stream_options" else {}
+    assert bad_request(raw(body(**{field: value}, **extra))).param == param
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("logit_bias", {"50256": -100, "11": 100, "7": 0}),
+        ("stop", "\n"),
+        ("stop", ["a", "b", "c", "d"]),
+        *[("service_tier", tier) for tier in ("auto", "default", "flex", "scale", "priority", "fast")],
+        ("tool_choice", "required"),
+        ("tool_choice", {"type": "function", "function": {"name": "f"}}),
+        ("response_format", {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}),
+        ("logprobs", True),
+        ("user", "u-1"),
+        ("safety_identifier", "s" * 64),
+    ],
+)
+def test_declared_parameter_within_its_spec_is_accepted(field: str, value: Any) -> None:
+    assert parse_chat_request(raw(body(**{field: value}))).body[field] == value
+
+
+# --- nesting depth --------------------------------------------------------------------------------
+
+
+DEEP = "@deep@"  # where with_deep() puts the deep value (orjson encodes no more than 255 levels)
+
+
+def with_deep(levels: int, **fields: Any) -> bytes:
+    """A create body with a value `levels` containers deep, {"items": {"items": ... {}}}, in place of DEEP."""
+    deep = b'{"items":' * (levels - 1) + b"{}" + b"}" * (levels - 1)
+    return raw(body(**fields)).replace(orjson.dumps(DEEP), deep)
+
+
+def test_a_300_deep_response_format_names_response_format() -> None:
+    schema = {"type": "json_schema", "json_schema": {"name": "deep", "schema": DEEP}}
+    error = bad_request(with_deep(300, response_format=schema))
+    assert error.param == "response_format"
+    assert error.code == "too_deep"
+    assert f"{MAX_JSON_DEPTH} levels" in error.message
+
+
+def test_a_body_at_the_depth_limit_is_accepted_and_one_more_level_is_not() -> None:
+    # the body is level 1 and its fields level 2: a field may nest MAX_JSON_DEPTH - 1 levels
+    assert parse_chat_request(with_deep(MAX_JSON_DEPTH - 1, vendor_field=DEEP)).body["vendor_field"]
+    assert bad_request(with_deep(MAX_JSON_DEPTH, vendor_field=DEEP)).param == "vendor_field"
+
+
+def test_deep_message_content_names_messages() -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "x", "extra": DEEP}]}]
+    assert bad_request(with_deep(200, messages=messages)).param == "messages"
+
+
+def test_many_shallow_containers_are_not_deep() -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": str(i)}]} for i in range(500)]
+    assert len(parse_chat_request(raw(body(messages=messages))).body["messages"]) == 500
+
+
+def test_update_bodies_have_the_same_depth_limit() -> None:
+    with pytest.raises(BadRequestError) as info:
+        parse_json_object(b'{"metadata": ' + b"[" * 300 + b"]" * 300 + b"}")
+    assert info.value.param == "metadata"

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from stillroom.wire.chat import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE, ROLES
+from stillroom.wire.chat import create_request_schema
 
 _ERROR = {
     "type": "object",
@@ -25,53 +25,6 @@ _ERROR = {
         }
     },
 }
-_METADATA = {
-    "type": ["object", "null"],
-    "maxProperties": MAX_METADATA_PAIRS,
-    "propertyNames": {"maxLength": MAX_METADATA_KEY},
-    "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
-}
-_CREATE_BODY = {
-    "type": "object",
-    "required": ["model", "messages"],
-    # stream_options is only allowed with stream: true
-    "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
-    "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
-    "additionalProperties": True,
-    "properties": {
-        "model": {"type": "string", "minLength": 1},
-        "messages": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["role"],
-                "properties": {
-                    "role": {"type": "string", "enum": sorted(ROLES)},
-                    "content": {"type": ["string", "array", "null"]},
-                    "name": {"type": "string"},
-                },
-            },
-        },
-        "store": {"type": ["boolean", "null"]},
-        "metadata": _METADATA,
-        "stream": {"type": ["boolean", "null"]},
-        "stream_options": {"type": ["object", "null"]},
-        "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
-        "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-        "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 128},
-        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**31},
-        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**31},
-        "seed": {"type": ["integer", "null"], "minimum": -(2**63), "maximum": 2**63 - 1},
-        "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
-        "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
-        "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
-        "stop": {"type": ["string", "array", "null"]},
-        "tools": {"type": ["array", "null"]},
-        "tool_choice": {"type": ["string", "object", "null"]},
-        "response_format": {"type": ["object", "null"]},
-    },
-}
 
 
 def _error_response(description: str) -> dict[str, Any]:
@@ -84,6 +37,7 @@ _ROUTE_ERRORS = {
     "401": _error_response("Missing or wrong API key"),
     "404": _error_response("No such completion or model"),
 }
+_BODY_NOT_JSON = _error_response("The body is not sent as application/json")
 _PARAMETER_SCHEMAS = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 100},
     "order": {"type": "string", "enum": ["asc", "desc"]},
@@ -92,7 +46,7 @@ _PARAMETER_SCHEMAS = {
 
 def _create_operation(operation_id: str, deployment: bool) -> dict[str, Any]:
     # On a deployment's URL the deployment names the model; the body need not.
-    body = {**_CREATE_BODY, "required": ["messages"]} if deployment else _CREATE_BODY
+    body = create_request_schema(model_required=not deployment)
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": "Create a chat completion (stored when `store` is true)",
@@ -106,6 +60,7 @@ def _create_operation(operation_id: str, deployment: bool) -> dict[str, Any]:
             "401": _error_response("Missing or wrong API key"),
             "404": _error_response("Unknown model"),
             "413": _error_response("Body too large"),
+            "415": _BODY_NOT_JSON,
             "502": _error_response("The upstream failed"),
             "504": _error_response("The upstream timed out"),
         },
@@ -120,9 +75,11 @@ def install_openapi(app: FastAPI, prefixes: tuple[str, ...]) -> None:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
             for operations in schema["paths"].values():
-                for operation in operations.values():
+                for method, operation in operations.items():
                     operation["responses"].pop("422", None)
                     operation["responses"].update(_ROUTE_ERRORS)
+                    if method == "post":  # JSON bodies only
+                        operation["responses"]["415"] = _BODY_NOT_JSON
                     for parameter in operation.get("parameters", ()):
                         if parameter["name"] in _PARAMETER_SCHEMAS:
                             parameter["schema"] = _PARAMETER_SCHEMAS[parameter["name"]]

@@ -8,41 +8,80 @@ from typing import Any
 import orjson
 
 from stillroom.errors import BadRequestError
+from stillroom.wire.params import Param
 
 ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 
-# field -> (accepted python types, lowest, highest); bool is excluded from numbers explicitly below.
-_NUMBERS: dict[str, tuple[float, float]] = {
-    "temperature": (0, 2),
-    "top_p": (0, 1),
-    "frequency_penalty": (-2, 2),
-    "presence_penalty": (-2, 2),
+MAX_JSON_DEPTH = 64  # nesting levels a body may reach (orjson cannot encode past 255)
+SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast")
+TOKEN_ID = "^[0-9]+$"
+
+_BOOLEAN = Param(("boolean",), nullable=True)
+_STRING = Param(("string",), nullable=True)
+
+
+def _number(low: float, high: float) -> Param:
+    return Param(("number",), nullable=True, minimum=low, maximum=high)
+
+
+def _integer(low: int, high: int) -> Param:
+    return Param(("integer",), nullable=True, minimum=low, maximum=high)
+
+
+# The typed create parameters (OpenAI's CreateChatCompletionRequest): checked by parse_chat_request and
+# published in the OpenAPI document. Anything not declared here is passed upstream untouched.
+CREATE_PARAMS: dict[str, Param] = {
+    "stream": _BOOLEAN,
+    "store": _BOOLEAN,
+    "stream_options": Param(
+        ("object",),
+        nullable=True,
+        properties={"include_usage": Param(("boolean",)), "include_obfuscation": Param(("boolean",))},
+    ),
+    "temperature": _number(0, 2),
+    "top_p": _number(0, 1),
+    "frequency_penalty": _number(-2, 2),
+    "presence_penalty": _number(-2, 2),
+    "n": _integer(1, 128),
+    "max_tokens": _integer(1, 2**31),
+    "max_completion_tokens": _integer(1, 2**31),
+    "seed": _integer(-(2**63), 2**63 - 1),
+    "logprobs": _BOOLEAN,
+    "top_logprobs": _integer(0, 20),
+    "logit_bias": Param(
+        ("object",), nullable=True, key_pattern=TOKEN_ID, values=Param(("integer",), minimum=-100, maximum=100)
+    ),
+    "stop": Param(("string", "array"), nullable=True, items=Param(("string",)), min_items=1, max_items=4),
+    "tools": Param(
+        ("array",),
+        nullable=True,
+        items=Param(
+            ("object",), required=("type",), properties={"type": Param(("string",), enum=("function", "custom"))}
+        ),
+    ),
+    "tool_choice": Param(
+        nullable=True, variants=(Param(("string",), enum=("none", "auto", "required")), Param(("object",)))
+    ),
+    "parallel_tool_calls": _BOOLEAN,
+    "response_format": Param(
+        ("object",),
+        nullable=True,
+        required=("type",),
+        properties={
+            "type": Param(("string",), enum=("text", "json_object", "json_schema")),
+            "json_schema": Param(
+                ("object",), required=("name",), properties={"name": Param(("string",), max_length=64)}
+            ),
+        },
+    ),
+    "user": _STRING,
+    "safety_identifier": Param(("string",), nullable=True, max_length=64),
+    "prompt_cache_key": _STRING,
+    "service_tier": Param(("string",), nullable=True, enum=SERVICE_TIERS),
 }
-_INTEGERS: dict[str, tuple[int, int]] = {
-    "n": (1, 128),
-    "max_tokens": (1, 2**31),
-    "max_completion_tokens": (1, 2**31),
-    "top_logprobs": (0, 20),
-    "seed": (-(2**63), 2**63 - 1),
-}
-_TYPES: dict[str, tuple[type, ...]] = {
-    "stream": (bool,),
-    "store": (bool,),
-    "logprobs": (bool,),
-    "parallel_tool_calls": (bool,),
-    "stream_options": (dict,),
-    "response_format": (dict,),
-    "tools": (list,),
-    "tool_choice": (str, dict),
-    "stop": (str, list),
-    "logit_bias": (dict,),
-    "user": (str,),
-    "service_tier": (str,),
-}
-_TYPE_NAMES = {bool: "a boolean", dict: "an object", list: "an array", str: "a string"}
 
 
 @dataclass(slots=True)
@@ -75,13 +114,69 @@ def parse_chat_request(raw: bytes, model: str | None = None) -> ChatRequest:
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object body, nested at most MAX_JSON_DEPTH levels (a deeper one names its top-level key)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequestError(f"We could not parse the JSON body of your request: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequestError("The request body must be a JSON object.")
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH:  # else it cannot be that deep: skip the walk
+        for key, value in body.items():
+            if _is_deeper(value, MAX_JSON_DEPTH - 1):
+                raise BadRequestError(
+                    f"Invalid '{key}': nested more than {MAX_JSON_DEPTH} levels deep.", param=key, code="too_deep"
+                )
     return body
+
+
+def _is_deeper(value: Any, limit: int) -> bool:
+    """Whether `value` nests containers more than `limit` levels (a scalar is 0), without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def create_request_schema(model_required: bool = True) -> dict[str, Any]:
+    """The create body as JSON Schema, from the same declarations and limits parse_chat_request checks."""
+    properties: dict[str, Any] = {
+        "model": {"type": "string", "minLength": 1},
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role"],
+                "properties": {
+                    "role": {"type": "string", "enum": sorted(ROLES)},
+                    "content": {"type": ["string", "array", "null"]},
+                },
+            },
+        },
+        "metadata": {
+            "type": ["object", "null"],
+            "maxProperties": MAX_METADATA_PAIRS,
+            "propertyNames": {"maxLength": MAX_METADATA_KEY},
+            "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
+        },
+    }
+    properties.update((name, param.schema()) for name, param in CREATE_PARAMS.items())
+    return {
+        "type": "object",
+        "required": ["model", "messages"] if model_required else ["messages"],
+        # stream_options is only allowed with stream: true
+        "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+        "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+        "additionalProperties": True,
+        "properties": properties,
+    }
 
 
 def validate_metadata(value: Any, param: str = "metadata") -> dict[str, str] | None:
@@ -142,26 +237,6 @@ def _check_messages(messages: Any) -> None:
 
 
 def _check_fields(body: dict[str, Any]) -> None:
-    for name, (low, high) in _NUMBERS.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise BadRequestError(f"Invalid type for '{name}': expected a number.", param=name)
-        if not low <= value <= high:
-            raise BadRequestError(f"Invalid '{name}': must be between {low} and {high}.", param=name)
-    for name, (ilow, ihigh) in _INTEGERS.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, float) and value.is_integer():
-            value = body[name] = int(value)  # JSON has one number type: 3.0 is the integer 3
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BadRequestError(f"Invalid type for '{name}': expected an integer.", param=name)
-        if not ilow <= value <= ihigh:
-            raise BadRequestError(f"Invalid '{name}': must be between {ilow} and {ihigh}.", param=name)
-    for name, types in _TYPES.items():
-        value = body.get(name)
-        if value is not None and not isinstance(value, types):
-            expected = " or ".join(_TYPE_NAMES[t] for t in types)
-            raise BadRequestError(f"Invalid type for '{name}': expected {expected}.", param=name)
+    for name, param in CREATE_PARAMS.items():
+        if name in body:
+            body[name] = param.check(body[name], name)
