@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from stillroom import __version__
+from stillroom import __version__, cli_evals
 from stillroom.cli_admin import audit_app, completions_app, keys_app, projects_app
 from stillroom.config import Settings
 from stillroom.errors import StillroomError
@@ -30,6 +30,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(cli_evals.eval_app, name="eval")
 app.add_typer(projects_app, name="projects")
 app.add_typer(keys_app, name="keys")
 app.add_typer(completions_app, name="completions")

@@ -3,7 +3,8 @@
 Item shape of a stored completion (a `stored_completions` source; `{{item.*}}` reaches these):
 
     {"id": "chatcmpl-…", "created_at": 1730000000, "model": "gpt-4o", "metadata": {"k": "v"},
-     "input": [<the request's messages>], "output_text": "<the stored answer>",
+     "input": [<the request's messages>], "user_text": "<the last user message, as text>",
+     "output_text": "<the stored answer>",
      "output_tools": [<its tool calls>]}
 
 Its sample (graded when the run names no model) is the stored answer: `{{sample.output_text}}`,
@@ -115,10 +116,21 @@ def _stored_item(index: int, row: completion_store.StoredCompletion, messages: l
         "model": row.model,
         "metadata": row.metadata,
         "input": messages,
+        "user_text": _last_user_text(messages),
         "output_text": sample["output_text"],
         "output_tools": sample["output_tools"],
     }
     return Item(index, item, sample)
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            return "".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
+    return ""
 
 
 def sample_from_completion(

@@ -243,10 +243,10 @@ class RunWorker:
         self.grading = grading or GradingContext()
         self.grading.sampler = sampler
 
-    async def run_once(self) -> bool:
-        """Claim one run and execute it to the end; False when none was waiting."""
+    async def run_once(self, only: Sequence[str] | None = None) -> bool:
+        """Claim one run (of `only`, when given) and execute it to the end; False when none was waiting."""
         run = await asyncio.to_thread(
-            store.claim_run, self.engine, self.id, lease_seconds=self.lease_seconds, now=time.time()
+            store.claim_run, self.engine, self.id, lease_seconds=self.lease_seconds, now=time.time(), only=only
         )
         if run is None:
             return False

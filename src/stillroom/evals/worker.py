@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from stillroom.config import Settings
 from stillroom.evals.graders import GradingContext
@@ -39,6 +41,13 @@ def run_eval_worker(settings: Settings, engine: Engine, stop: threading.Event) -
 
 
 async def _serve(settings: Settings, engine: Engine, stop: threading.Event) -> None:
+    async with open_run_worker(settings, engine) as worker:
+        await worker.run_forever(stop.is_set)
+
+
+@asynccontextmanager
+async def open_run_worker(settings: Settings, engine: Engine) -> AsyncIterator[RunWorker]:
+    """A RunWorker with its own HTTP session and provider registry (closed afterwards)."""
     storage = LocalFileStorage(settings.files_dir)
     models = settings.load_models()
     http = make_session(
@@ -51,16 +60,15 @@ async def _serve(settings: Settings, engine: Engine, stop: threading.Event) -> N
         with stream:
             return stream.read()
 
-    worker = RunWorker(
-        engine,
-        RegistrySampler(registry),
-        read_file,
-        concurrency=CONCURRENCY,
-        lease_seconds=settings.job_lease_seconds,
-        grading=GradingContext(),
-    )
     try:
-        await worker.run_forever(stop.is_set)
+        yield RunWorker(
+            engine,
+            RegistrySampler(registry),
+            read_file,
+            concurrency=CONCURRENCY,
+            lease_seconds=settings.job_lease_seconds,
+            grading=GradingContext(),
+        )
     finally:
         await registry.aclose()
         await http.close()

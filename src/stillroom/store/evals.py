@@ -236,11 +236,16 @@ def _claimable(now: float) -> ColumnElement[bool]:
     return and_(r.status.in_(ACTIVE), or_(r.worker_id.is_(None), r.lease_expires_at < now))
 
 
-def claim_run(engine: Engine, worker_id: str, *, lease_seconds: float, now: float) -> RunRow | None:
-    """Take the oldest waiting run (or one whose worker's lease ran out); returned as it was before."""
+def claim_run(
+    engine: Engine, worker_id: str, *, lease_seconds: float, now: float, only: Sequence[str] | None = None
+) -> RunRow | None:
+    """Take the oldest waiting run (or one whose worker's lease ran out), of `only` when given; returned as
+    it was before the claim."""
     r = eval_runs.c
     with write_transaction(engine) as conn:
         stmt = select(*_RUN_COLUMNS).where(_claimable(now)).order_by(r.id).limit(1)
+        if only is not None:
+            stmt = stmt.where(r.id.in_(list(only)))
         if conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
         row = conn.execute(stmt).first()
