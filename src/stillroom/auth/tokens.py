@@ -30,6 +30,10 @@ _REFETCH_AFTER = 1.0  # seconds: an unknown kid fetches the JWKS again at most t
 _CACHE_MAX = 10_000
 
 
+def _invalid(exc: Exception) -> str:
+    return f"Invalid token: {str(exc).rstrip('.')}."
+
+
 def looks_like_jwt(secret: str) -> bool:
     return secret.startswith("eyJ") and secret.count(".") == 2
 
@@ -114,9 +118,9 @@ class TokenVerifier:
         if cached is not None and cached[0] > time.time():
             return cached[1]
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError as exc:
-            raise AuthenticationError(f"Invalid token: {exc}.") from None
+            header = jwt.get_unverified_header(token)  # also refuses a non-string kid, an unknown `crit`
+        except jwt.InvalidTokenError as exc:
+            raise AuthenticationError(_invalid(exc)) from None
         alg = header.get("alg")
         if alg not in ALGORITHMS:
             raise AuthenticationError(f"Invalid token: algorithm '{alg}' is not accepted (use RS256 or ES256).")
@@ -153,7 +157,7 @@ class TokenVerifier:
         except jwt.MissingRequiredClaimError as exc:
             raise AuthenticationError(f"Invalid token: the '{exc.claim}' claim is missing.") from None
         except jwt.InvalidTokenError as exc:
-            raise AuthenticationError(f"Invalid token: {exc}.") from None
+            raise AuthenticationError(_invalid(exc)) from None
         return claims
 
     def principal(self, claims: Mapping[str, Any]) -> Principal:
