@@ -56,10 +56,12 @@ def start_server(
     api_key: str | None = None,
     env: dict[str, str] | None = None,
     name: str = "server",
+    extra_args: tuple[str, ...] = (),
 ) -> LiveServer:
     """Start `python -m stillroom serve` on a free port and wait until /health answers."""
     port = free_port()
     args = [sys.executable, "-m", "stillroom", "serve", "--port", str(port), "--database-url", database_url]
+    args += extra_args
     if config is not None:
         config_path = tmp / f"{name}.toml"
         config_path.write_text(config)
@@ -84,6 +86,31 @@ def start_server(
         time.sleep(0.1)
     server.kill()
     raise RuntimeError(f"{name} did not start:\n{server.log()}")
+
+
+def start_worker(
+    tmp: Path, database_url: str, *, config: str, env: dict[str, str] | None = None, name: str = "worker"
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start `python -m stillroom worker` (no readiness signal: it claims jobs once it is up); returns the
+    process and its log file."""
+    config_path = tmp / f"{name}.toml"
+    config_path.write_text(config)
+    args = [sys.executable, "-m", "stillroom", "worker", "--database-url", database_url, "--config", str(config_path)]
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("STILLROOM_")} | (env or {})
+    log_path = tmp / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=tmp)
+    return process, log_path
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @dataclass
