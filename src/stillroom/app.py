@@ -11,7 +11,8 @@ from starlette.responses import Response
 from stillroom import __version__
 from stillroom.api import chat, evals, files, fine_tuning, models, projects, stored
 from stillroom.api.deps import Svc, get_principal, json_response
-from stillroom.api.errors import install_error_handlers
+from stillroom.api.errors import EnvelopeCORSMiddleware, install_error_handlers
+from stillroom.api.hosts import HostPolicy
 from stillroom.api.openapi import install_openapi
 from stillroom.config import Settings
 from stillroom.services import Services
@@ -38,10 +39,13 @@ async def get_readiness(services: Svc) -> Response:
     return response
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """The app; `services` already started (as `stillroom serve` does, to report failures in one line), or
+    started by the lifespan."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = Services.start(settings)
+        app.state.services = services or Services.start(settings)
         try:
             yield
         finally:
@@ -61,6 +65,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(stored.deployments, prefix="/openai", dependencies=checked)
     app.include_router(health)
     app.include_router(console_router())  # the web console at /, a client of the routes above
-    install_error_handlers(app)
+    cors_origins = settings.cors_origin_list()
+    if cors_origins:  # off by default: no Access-Control-* headers, and preflights are refused (405)
+        app.add_middleware(
+            EnvelopeCORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "x-stillroom-stored", "x-stillroom-stored-reason"],
+            max_age=600,
+        )
+    install_error_handlers(app, HostPolicy(settings.allowed_host_list()))
     install_openapi(app, PREFIXES)
     return app

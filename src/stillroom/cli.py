@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -14,14 +16,19 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from stillroom import __version__, cli_evals
 from stillroom.cli_admin import audit_app, completions_app, keys_app, projects_app
-from stillroom.config import Settings
-from stillroom.errors import StillroomError
+from stillroom.config import ModelConfig, Settings, load_settings, redact_url, unknown_environment_settings
+from stillroom.errors import ConfigError, StillroomError
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from stillroom.store.db import Engine
+
+log = logging.getLogger("stillroom")
 
 app = typer.Typer(
     help="Stillroom: an OpenAI-compatible gateway that keeps your chat completions.",
@@ -57,10 +64,6 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
 def _configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactSecrets())
@@ -69,25 +72,102 @@ def _configure_logging(level: str) -> None:
 
 
 @contextmanager
-def _database(database_url: str | None) -> Iterator[Engine]:
-    """The configured database, migrated to the current schema, closed afterwards."""
+def _database(database_url: str) -> Iterator[Engine]:
+    """The database, migrated to the current schema, closed afterwards; failing to reach or migrate it is a
+    ConfigError naming it (password redacted)."""
     from stillroom.store.db import make_engine
     from stillroom.store.migrate import upgrade_database
 
-    engine = make_engine(_settings(database_url=database_url).database_url)
+    engine = None
     try:
+        engine = make_engine(database_url)
         upgrade_database(engine)
+    except Exception as exc:
+        if engine is not None:
+            engine.dispose()
+        raise ConfigError(f"cannot use the database {redact_url(database_url)}: {_reason(exc)}") from exc
+    try:
         yield engine
     finally:
         engine.dispose()
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong, on one line: the driver's own message where SQLAlchemy wrapped one."""
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        text = str(orig)
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
 def _fail(exc: Exception, debug: bool) -> None:
     if debug:
         raise exc
-    message = exc.message if isinstance(exc, StillroomError) else str(exc)
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    message = exc.message if isinstance(exc, StillroomError) else _reason(exc)
+    # Text, not markup: a message may hold brackets (`[[models]]`); soft_wrap keeps it on one line.
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "red"), " ", " ".join(message.split())))
     raise typer.Exit(1)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening address, bound now: a port in use fails before the model loads and migrations run."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use; choose another with --port") from exc
+        raise ConfigError(f"cannot listen on {host}:{port}: {_reason(exc)}") from exc
+    return sock
+
+
+def _describe(models: list[ModelConfig]) -> str:
+    def where(model: ModelConfig) -> str:
+        upstream = model.base_url or model.endpoint
+        return f"{model.name} ({model.provider}{' at ' + upstream if upstream else ''})"
+
+    return ", ".join(where(model) for model in models)
+
+
+def _prepare(host: str, port: int, **overrides: Any) -> tuple[Settings, list[ModelConfig], socket.socket]:
+    """The cheap checks, before anything slow, each failing in one line: settings, the model list, upstream keys,
+    model files, the port (bound here), the database (migrated here)."""
+    settings = load_settings(**overrides)
+    models = settings.load_models()
+    for model in models:
+        model.api_key()
+        if model.provider == "local":
+            model.model_path()
+    listener = _listen(host, port)
+    try:
+        with _database(settings.database_url):
+            pass
+    except Exception:
+        listener.close()
+        raise
+    return settings, models, listener
+
+
+def _app_factory(settings: Settings, models: list[ModelConfig], url: str) -> Callable[[], FastAPI]:
+    def start() -> FastAPI:
+        """Called by uvicorn inside its event loop, before it listens: loads the models, opens the database."""
+        from stillroom.app import create_app
+        from stillroom.services import Services
+
+        try:
+            services = Services.start(settings)
+        except TypeError as exc:  # uvicorn would take it for a bad factory signature
+            raise RuntimeError(str(exc)) from exc
+        log.info("serving %s on %s; database %s", _describe(models), url, redact_url(settings.database_url))
+        return create_app(settings, services)
+
+    return start
 
 
 @app.command()
@@ -96,37 +176,51 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
     database_url: DatabaseUrl = None,
     config: ConfigFile = None,
+    allowed_hosts: Annotated[
+        str | None, typer.Option("--allowed-hosts", help="Extra Host names to answer (env STILLROOM_ALLOWED_HOSTS)")
+    ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (costs throughput)")] = False,
     debug: Debug = False,
 ) -> None:
     """Serve the OpenAI-compatible API (applies pending migrations first)."""
     import uvicorn
 
-    from stillroom.app import create_app
-
     try:
-        settings = _settings(database_url=database_url, config=config)
-        for model in settings.load_models():  # fail here, in one line, on a bad config or a missing key
-            model.api_key()
+        settings, models, listener = _prepare(
+            host, port, database_url=database_url, config=config, allowed_hosts=allowed_hosts
+        )
     except Exception as exc:  # the CLI edge
         _fail(exc, debug)
         return
     _configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        access_log=access_log,
-        log_config=None,
-        timeout_graceful_shutdown=10,
+    for name in unknown_environment_settings():
+        log.warning("ignoring %s: there is no such setting", name)
+    port = listener.getsockname()[1]  # the one the system chose, for --port 0
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    server = uvicorn.Server(
+        uvicorn.Config(
+            _app_factory(settings, models, url),
+            factory=True,
+            host=host,
+            port=port,
+            access_log=access_log,
+            log_config=None,
+            timeout_graceful_shutdown=10,
+        )
     )
+    try:
+        server.run(sockets=[listener])
+    except Exception as exc:  # the CLI edge
+        _fail(exc, debug)
+    finally:
+        listener.close()
 
 
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseUrl = None, debug: Debug = False) -> None:
     """Apply pending migrations."""
     try:
-        with _database(database_url):
+        with _database(load_settings(database_url=database_url).database_url):
             pass
     except Exception as exc:  # the CLI edge
         _fail(exc, debug)
@@ -168,7 +262,7 @@ def export(
     try:
         pairs = dict(_pair(item) for item in metadata or [])
         with (
-            _database(database_url) as engine,
+            _database(load_settings(database_url=database_url).database_url) as engine,
             output.open("wb") as out,
             Progress(SpinnerColumn(), TextColumn("{task.completed:,} rows")) as bar,
         ):

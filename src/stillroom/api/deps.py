@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from stillroom.auth.access import Credentials
 from stillroom.auth.roles import Principal, action_for, require
-from stillroom.errors import PayloadTooLargeError, PermissionDeniedError
+from stillroom.errors import PayloadTooLargeError, PermissionDeniedError, UnsupportedMediaTypeError
 from stillroom.services import Services
 
 
@@ -59,7 +59,12 @@ Caller = Annotated[Principal, Depends(get_principal)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 once it passes `limit` bytes (declared or actual)."""
+    """A JSON body: refused with 415 unless sent as `application/json` (a web page can send `text/plain`
+    cross-origin without asking, never JSON), and with 413 once it passes `limit` bytes (declared or actual)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.partition(";")[0].strip().lower() != "application/json":
+        sent = f"Content-Type {content_type!r} is not supported" if content_type else "The Content-Type is missing"
+        raise UnsupportedMediaTypeError(f"{sent}: send the request body as 'application/json'.")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"Request body too large: {declared} bytes; the limit is {limit} bytes.")

@@ -8,11 +8,14 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stillroom.errors import BadRequestError, StillroomError, UpstreamError
+from stillroom.api.hosts import HostPolicy, host_header
+from stillroom.errors import BadRequestError, MisdirectedRequestError, StillroomError, UpstreamError
 from stillroom.wire.ids import new_request_id
 
 log = logging.getLogger("stillroom.api")
@@ -46,8 +49,12 @@ def _is_envelope(body: bytes) -> bool:
     return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
 
 
-async def _stillroom_error(_request: Request, exc: Exception) -> Response:
+async def _stillroom_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StillroomError)
+    if exc.status >= 500 or isinstance(exc, UpstreamError):  # the operator's problem: say so, once
+        detail = exc.body.decode(errors="replace")[:500] if isinstance(exc, UpstreamError) else exc.message
+        level = logging.ERROR if exc.status >= 500 else logging.WARNING
+        log.log(level, "request %s failed with %d: %s", request.scope["state"]["request_id"], exc.status, detail)
     return error_response(exc)
 
 
@@ -73,18 +80,32 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return Response(orjson.dumps(envelope), status_code=exc.status_code, media_type="application/json")
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, hosts: HostPolicy) -> None:
+    """The handlers, and the edge middleware (add it last: it must be the outermost)."""
     app.add_exception_handler(StillroomError, _stillroom_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_middleware(RequestEdgeMiddleware)
+    app.add_middleware(RequestEdgeMiddleware, hosts=hosts)
+
+
+class EnvelopeCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in OpenAI's envelope rather than plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        reason = bytes(response.body).decode()  # "Disallowed CORS origin", "... method", "... headers"
+        return error_response(BadRequestError(f"{reason}: see STILLROOM_CORS_ORIGINS.", code="cors_refused"))
 
 
 class RequestEdgeMiddleware:
-    """Gives every response an `x-request-id`, and turns anything unexpected into a generic 500."""
+    """Gives every response an `x-request-id`, refuses foreign `Host` headers on a loopback address (before
+    anything reads the body), and turns anything unexpected into a generic 500."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, hosts: HostPolicy) -> None:
         self.app = app
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,6 +123,14 @@ class RequestEdgeMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
+        if not self.hosts.admits(scope):
+            host = (host_header(scope) or b"").decode("latin-1")
+            refused = MisdirectedRequestError(
+                f"This server does not answer for the host {host!r}: on a loopback address it answers only "
+                "localhost, 127.0.0.1 and [::1]. Add the name to STILLROOM_ALLOWED_HOSTS (--allowed-hosts)."
+            )
+            await error_response(refused)(scope, receive, send_with_id)
+            return
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
