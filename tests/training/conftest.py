@@ -1,7 +1,8 @@
 """Base models for trainer tests: a tiny llama built here (as GGUF and as a model folder) and the bundled SmolLM2.
 
-The tiny model has SmolLM2's tokenizer and chat template (copied from the bundled GGUF) and random
-weights: two layers of width 64, so a training step takes a fraction of a second. Nothing is downloaded.
+The tiny model has SmolLM2's chat template and a 4,096-token cut of its BPE vocabulary (the first tokens
+and the merges that build them, so it still tokenises any text) and random weights: two layers of width
+64, so a training step takes a fraction of a second and its GGUF parses quickly. Nothing is downloaded.
 Owned by the trainer tests (test_trainer.py, test_student.py); job and file tests keep their fixtures
 in their own modules.
 """
@@ -18,7 +19,7 @@ import pytest
 from stillroom.config import ModelConfig
 
 TINY = {
-    "vocab_size": 49152,
+    "vocab_size": 4096,
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
@@ -61,6 +62,32 @@ def smollm2_gguf() -> Path:
     return ModelConfig(name="smollm2", provider="local").model_path()
 
 
+def _write_tiny_tokenizer(smollm2: Path, out: Path, n_vocab: int) -> Path:
+    """A tensor-less GGUF holding SmolLM2's tokenizer cut to its first `n_vocab` tokens."""
+    import gguf
+
+    reader = gguf.GGUFReader(smollm2)
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()[:n_vocab]
+    kept = set(tokens)
+    writer = gguf.GGUFWriter(out, "llama")
+    for key, field in reader.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        value = field.contents()
+        if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
+            value = value[:n_vocab]
+        elif key == "tokenizer.ggml.merges":
+            value = [m for m in value if m.replace(" ", "") in kept and set(m.split(" ")) <= kept]
+        vtype = gguf.GGUFValueType(field.types[0])
+        sub_type = gguf.GGUFValueType(field.types[1]) if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, vtype, sub_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Path:
     pytest.importorskip("torch", reason="the trainer needs the `train` extra (torch, transformers, peft, gguf)")
@@ -69,15 +96,16 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> P
 
     from stillroom.training.student import write_llama_gguf
 
+    folder = tmp_path_factory.mktemp("tiny")
+    tokenizer = _write_tiny_tokenizer(smollm2_gguf, folder / "tokenizer.gguf", TINY["vocab_size"])
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**TINY))
     state = {name: tensor.detach().numpy() for name, tensor in model.state_dict().items()}
-    out = tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf"
-    return write_llama_gguf(out, model.config.to_dict(), state, tokenizer_from=smollm2_gguf)
+    return write_llama_gguf(folder / "tiny-llama.gguf", model.config.to_dict(), state, tokenizer_from=tokenizer)
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Path:
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Path:
     """The same tiny model as a Hugging Face folder (config.json, safetensors, tokenizer.json)."""
     pytest.importorskip("torch", reason="the trainer needs the `train` extra (torch, transformers, peft, gguf)")
     import torch
@@ -86,7 +114,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path)
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny-hf")
     LlamaForCausalLM(LlamaConfig(**TINY)).save_pretrained(out)
-    AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_gguf.parent, gguf_file=tiny_gguf.name).save_pretrained(out)
     return out
 
 
