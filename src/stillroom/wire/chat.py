@@ -123,24 +123,23 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise BadRequestError("The request body must be a JSON object.")
     if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH:  # else it cannot be that deep: skip the walk
         for key, value in body.items():
-            if _is_deeper(value, MAX_JSON_DEPTH - 1):
+            if isinstance(value, _CONTAINERS) and _is_deeper(value, MAX_JSON_DEPTH - 2):
                 raise BadRequestError(
                     f"Invalid '{key}': nested more than {MAX_JSON_DEPTH} levels deep.", param=key, code="too_deep"
                 )
     return body
 
 
-def _is_deeper(value: Any, limit: int) -> bool:
-    """Whether `value` nests containers more than `limit` levels (a scalar is 0), without recursion."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
+_CONTAINERS = (dict, list)
+
+
+def _is_deeper(container: dict[str, Any] | list[Any], limit: int) -> bool:
+    """Whether a container holds containers nested more than `limit` levels below it (recursion stops there)."""
+    if limit < 0:
+        return True
+    for child in container.values() if type(container) is dict else container:
+        if isinstance(child, _CONTAINERS) and _is_deeper(child, limit - 1):
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
 
 
@@ -237,6 +236,7 @@ def _check_messages(messages: Any) -> None:
 
 
 def _check_fields(body: dict[str, Any]) -> None:
-    for name, param in CREATE_PARAMS.items():
-        if name in body:
-            body[name] = param.check(body[name], name)
+    for name, value in body.items():
+        param = CREATE_PARAMS.get(name)
+        if param is not None and value is not None:
+            body[name] = param.check(value, name)  # the same key: no resizing while iterating

@@ -59,8 +59,10 @@ class Param:
                 if variant.fits(value):
                     return variant.check(value, param)
             raise _type_error(param, [t for variant in self.variants for t in variant.types])
-        kind = next((t for t in self.types if _is_type(value, t)), None)
-        if kind is None:
+        for kind in self.types:
+            if _is_type(value, kind):
+                break
+        else:
             raise _type_error(param, list(self.types))
         if kind == "integer" and isinstance(value, float):
             value = int(value)
