@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from stillroom.app import create_app
 from stillroom.config import Settings
-from tests.live import FakeUpstream, fake_models_config, start_fake_upstream
+from tests.live import FakeUpstream, LiveServer, fake_models_config, start_fake_upstream, start_server
 
 SERVER_KEY = "sk-test-server-admin-000111"
 ADMIN = {"authorization": f"Bearer {SERVER_KEY}"}
@@ -28,6 +28,19 @@ def fake_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpst
     fake = start_fake_upstream(tmp_path_factory.mktemp("fake") / "fake.log")
     yield fake
     fake.stop()
+
+
+@pytest.fixture(scope="module")
+def two_servers(
+    db_url: str, fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveServer, LiveServer]]:
+    """Two `stillroom serve` processes sharing one database (the session's SQLite file or PostgreSQL)."""
+    tmp = tmp_path_factory.mktemp("pair")
+    config = fake_models_config(fake_upstream.url, {"fake": ("fake", None)})
+    servers = [start_server(tmp, db_url, config=config, api_key=SERVER_KEY, name=f"node{i}") for i in range(2)]
+    yield servers[0], servers[1]
+    for server in servers:
+        server.stop()
 
 
 def models_file(tmp: Path, fake: FakeUpstream) -> Path:

@@ -1,17 +1,20 @@
 """Deleting a project leaves nothing of it in any table; bulk delete by filter and its dry run; the
-retention sweep with a frozen clock."""
+retention sweep with a frozen clock, also by two sweeper processes at once."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from stillroom.retention import DAY, sweep_retention
-from stillroom.store.tables import metadata
+from stillroom.store.tables import completions, message_contents, metadata, projects
 from tests.admin import ADMIN, CHAT, bearer, fake_upstream, make_client, new_key, new_project
 from tests.live import FakeUpstream
 
@@ -91,3 +94,75 @@ def test_retention_sweep_with_a_frozen_clock(client: TestClient) -> None:
     assert all(client.get(f"/v1/chat/completions/{cid}", headers=key).status_code == 404 for cid in ids)
     usage = client.get(f"/v1/organization/projects/{project_id}", headers=ADMIN).json()["usage_bytes"]
     assert usage == 0
+
+
+_SWEEPER = """
+import pathlib, sys, time
+from stillroom.retention import sweep_retention
+from stillroom.store.db import make_engine
+from stillroom.store.projects import direct_writes
+url, now, ready, go = sys.argv[1], float(sys.argv[2]), pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
+engine = make_engine(url)
+ready.touch()
+while not go.exists():
+    time.sleep(0.005)
+print(sweep_retention(engine, direct_writes(engine), now, batch_size=2))
+"""
+
+
+def test_two_sweeper_processes_at_once_free_each_completion_once(client: TestClient, tmp_path: Path) -> None:
+    project_id = new_project(client)
+    key = bearer(new_key(client, project_id, "contributor"))
+    shared = {"role": "system", "content": "A system prompt every completion shares (content-addressed once)."}
+
+    def store(n: int, label: str) -> list[str]:
+        ids = []
+        for i in range(n):
+            messages = [shared, {"role": "user", "content": f"{label} {i}"}]
+            response = client.post(
+                "/v1/chat/completions", json=CHAT | {"store": True, "messages": messages}, headers=key
+            )
+            assert response.headers["x-stillroom-stored"] == "true"
+            ids.append(response.json()["id"])
+        return ids
+
+    old = store(30, "old")
+    cutoff = time.time()
+    kept = store(4, "new")
+    client.post(f"/v1/organization/projects/{project_id}", json={"retention_days": 30}, headers=ADMIN)
+    url = str(client.app.state.services.settings.database_url)  # type: ignore[attr-defined]
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(2)]
+    sweepers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SWEEPER, url, str(cutoff + 30 * DAY), str(ready[i]), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 60
+    while not all(r.exists() for r in ready):  # both connected: start them together
+        assert time.monotonic() < deadline and all(s.poll() is None for s in sweepers)
+        time.sleep(0.01)
+    go.touch()
+    outputs = [s.communicate(timeout=120) for s in sweepers]
+    assert [s.returncode for s in sweepers] == [0, 0], outputs
+    assert sum(int(out) for out, _ in outputs) >= len(old)  # other projects with retention may lose rows too
+    listed = client.get("/v1/chat/completions", headers=key, params={"limit": 100}).json()["data"]
+    assert sorted(c["id"] for c in listed) == sorted(kept)
+    for cid in kept:  # the shared system prompt is still there for those kept
+        messages = client.get(f"/v1/chat/completions/{cid}/messages", headers=key).json()["data"]
+        assert [m["content"] for m in messages][:1] == [shared["content"]]
+    engine = client.app.state.services.engine  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        used = conn.execute(select(projects.c.used_bytes).where(projects.c.id == project_id)).scalar_one()
+        rows = conn.execute(select(func.sum(completions.c.stored_bytes)).where(completions.c.project_id == project_id))
+        contents = conn.execute(
+            select(func.sum(message_contents.c.size), func.sum(message_contents.c.refs)).where(
+                message_contents.c.project_id == project_id
+            )
+        ).one()
+    assert used == int(rows.scalar() or 0) + int(contents[0] or 0) > 0
+    assert int(contents[1]) == 2 * len(kept)  # each kept completion: the shared prompt and its own question

@@ -3,17 +3,22 @@ room again after deletes; the storage switches and store-by-policy."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from starlette.testclient import TestClient
 
-from stillroom.store.tables import completions, message_contents
-from tests.admin import ADMIN, CHAT, bearer, fake_upstream, make_client, new_key, new_project
-from tests.live import FakeUpstream
+from stillroom.store.db import make_engine
+from stillroom.store.tables import completions, message_contents, projects
+from tests.admin import ADMIN, CHAT, bearer, fake_upstream, make_client, new_key, new_project, two_servers
+from tests.live import FakeUpstream, LiveServer
 
-__all__ = ["fake_upstream"]
+__all__ = ["fake_upstream", "two_servers"]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +28,11 @@ def client(db_url: str, fake_upstream: FakeUpstream, tmp_path_factory: pytest.Te
 
 
 def _kept(client: TestClient, project_id: str) -> int:
+    return _scan(client.app.state.services.engine, project_id)  # type: ignore[attr-defined]
+
+
+def _scan(engine: Engine, project_id: str) -> int:
     """What the project really keeps, counted the slow way."""
-    engine = client.app.state.services.engine  # type: ignore[attr-defined]
     with engine.connect() as conn:
         rows = conn.execute(select(func.sum(completions.c.stored_bytes)).where(completions.c.project_id == project_id))
         contents = conn.execute(
@@ -97,3 +105,50 @@ def test_server_wide_storage_off_cannot_be_overridden(
             "/v1/chat/completions", json=CHAT | {"store": True}, headers=ADMIN | {"openai-project": project_id}
         )
         assert response.headers["x-stillroom-stored-reason"] == "storage_disabled"
+
+
+def test_two_servers_writing_at_once_never_take_a_project_past_its_quota(
+    two_servers: tuple[LiveServer, LiveServer],
+) -> None:
+    one, _ = two_servers
+    made = httpx.post(one.url + "/v1/organization/projects", json={"name": "q", "quota_bytes": 5000}, headers=ADMIN)
+    project_id = made.json()["id"]
+    issued = httpx.post(
+        f"{one.url}/v1/organization/projects/{project_id}/api_keys", json={"role": "contributor"}, headers=ADMIN
+    )
+    key = bearer(issued.json()["value"])
+    deadline = time.monotonic() + 5  # the other server learns of the new key within a poll
+    while httpx.get(two_servers[1].url + "/v1/chat/completions", headers=key).status_code != 200:
+        assert time.monotonic() < deadline, "the other server never saw the key"
+        time.sleep(0.02)
+    tag = uuid.uuid4().hex
+
+    def ask(i: int) -> tuple[str, str | None]:
+        body = CHAT | {"store": True, "messages": [{"role": "user", "content": f"{tag} {i} " + "y" * 120}]}
+        response = httpx.post(two_servers[i % 2].url + "/v1/chat/completions", json=body, headers=key, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.headers["x-stillroom-stored"], response.headers.get("x-stillroom-stored-reason")
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(48)))
+    assert {stored for stored, _ in answers} == {"true", "false"}
+    assert {reason for stored, reason in answers if stored == "false"} == {"quota_exceeded"}
+    engine = make_engine(one.database_url)
+    try:
+        scanned = _scan(engine, project_id)
+        with engine.connect() as conn:
+            total = conn.execute(select(projects.c.used_bytes).where(projects.c.id == project_id)).scalar_one()
+        assert total == scanned <= 5000
+        assert scanned > 5000 - 1000  # it filled up: the refusals were for want of room, not by mistake
+    finally:
+        engine.dispose()
+    deadline = time.monotonic() + 5  # each server's cached usage follows the running total
+    for server in two_servers:
+        while (shown := _usage_of(server, project_id)) != scanned and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert shown == scanned
+
+
+def _usage_of(server: LiveServer, project_id: str) -> int:
+    usage: int = httpx.get(f"{server.url}/v1/organization/projects/{project_id}", headers=ADMIN).json()["usage_bytes"]
+    return usage
