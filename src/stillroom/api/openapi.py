@@ -36,6 +36,7 @@ _ROUTE_ERRORS = {
     "400": _error_response("Invalid request"),
     "401": _error_response("Missing or wrong API key"),
     "404": _error_response("No such completion or model"),
+    "421": _error_response("A Host this server does not answer for (see STILLROOM_ALLOWED_HOSTS)"),
 }
 _BODY_NOT_JSON = _error_response("The body is not sent as application/json")
 _PARAMETER_SCHEMAS = {
@@ -61,6 +62,7 @@ def _create_operation(operation_id: str, deployment: bool) -> dict[str, Any]:
             "404": _error_response("Unknown model"),
             "413": _error_response("Body too large"),
             "415": _BODY_NOT_JSON,
+            "421": _ROUTE_ERRORS["421"],
             "502": _error_response("The upstream failed"),
             "504": _error_response("The upstream timed out"),
         },
