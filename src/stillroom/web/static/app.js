@@ -2,6 +2,7 @@
 
 import { api, ApiError, server as state, session } from "./api.js";
 import { errorBox, field, h } from "./dom.js";
+import { canAdminister, renderAdmin } from "./admin.js";
 import { renderCompletionDetail, renderCompletions } from "./completions.js";
 
 const view = document.getElementById("view");
@@ -60,10 +61,12 @@ function renderSignIn(problem) {
   input.focus();
 }
 
-function renderChrome() {
+async function renderChrome() {
   nav.hidden = false;
   signOut.hidden = state.open;
   who.textContent = state.open ? "Laptop mode: no key needed" : "Signed in";
+  if (session.project) who.textContent += ` · project ${session.project}`;
+  nav.querySelector('[data-section="admin"]').hidden = !(await canAdminister());
 }
 
 function currentSection(hash) {
@@ -94,13 +97,14 @@ async function route() {
       return;
     }
     signedIn = true;
-    renderChrome();
+    await renderChrome();
   }
   currentSection(hash);
   const [path, query = ""] = hash.slice(1).split("?");
   const parts = path.split("/").filter(Boolean);
   const params = new URLSearchParams(query);
-  if (parts[0] === "completions" && parts[1]) await renderCompletionDetail(view, decodeURIComponent(parts[1]), params);
+  if (parts[0] === "admin") await renderAdmin(view, () => renderChrome());
+  else if (parts[0] === "completions" && parts[1]) await renderCompletionDetail(view, decodeURIComponent(parts[1]), params);
   else await renderCompletions(view, params);
 }
 
