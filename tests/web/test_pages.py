@@ -56,3 +56,9 @@ def test_scripts_never_reach_another_origin() -> None:
         text = item.read_text(encoding="utf-8")
         urls = [u for u in re.findall(r"https?://[^\s\"')]+", text) if u != "http://www.w3.org/2000/svg"]
         assert urls == [], (item.name, urls)
+
+
+def test_a_cold_load_stays_under_100_kb() -> None:
+    """The page and every asset it fetches on first load (they are all imported from app.js)."""
+    page, assets = load_assets()
+    assert len(page.body) + sum(len(a.body) for a in assets.values()) < 100_000

@@ -30,7 +30,7 @@ function bytes(n) {
 export async function renderAdmin(view, onProjectChange = () => {}) {
   const title = h("h1", { tabindex: "-1", id: "admin-title" }, "Administration");
   const status = h("div.status");
-  const body = h("div", h("p.muted", "Loading…"));
+  const body = h("div.admin-body", h("p.muted", "Loading…"));
   view.replaceChildren(h("section.admin", { "aria-labelledby": "admin-title" }, title, status, body));
   let projects;
   try {
@@ -112,6 +112,7 @@ function keysCard(project, status) {
     if (!(await confirmDialog(`Revoke ${key.redacted_value}?`, "Clients using it are refused at once.", "Revoke"))) return;
     try {
       await api(`${base}/${encodeURIComponent(key.id)}`, { method: "DELETE" });
+      shown.replaceChildren();
       await load();
     } catch (error) {
       status.replaceChildren(errorBox(error));
