@@ -15,6 +15,7 @@ DOMAIN_AND_BELOW = [
     if not p.is_relative_to(PACKAGE / "api")
     and not p.is_relative_to(PACKAGE / "web")
     and p.name not in ("app.py", "cli.py", "__main__.py")
+    and not p.name.startswith("cli_")  # cli_admin.py, cli_jobs.py, cli_evals.py: parts of the CLI
 ]
 
 

@@ -70,7 +70,7 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_difference() -> Non
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
-    result = compare([subject("base", [True, False, False]), subject("student", [True, True, False])])
+    result = compare([subject("none", [False, False, False]), subject("all", [True, True, True])])
     out = tmp_path / "cmp.png"
     plot_comparison(result, out, "demo")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -128,10 +128,10 @@ def plot_comparison(comparison: Comparison, path: Path, title: str = "") -> None
     names = [s.name for s in comparison.subjects]
     rates = [100 * s.pass_rate for s in comparison.subjects]
     errors = [
-        [100 * (s.pass_rate - s.low) for s in comparison.subjects],
-        [100 * (s.high - s.pass_rate) for s in comparison.subjects],
+        [max(0.0, 100 * (s.pass_rate - s.low)) for s in comparison.subjects],
+        [max(0.0, 100 * (s.high - s.pass_rate)) for s in comparison.subjects],
     ]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(names) + 1), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.8 * len(names) + 1), 4.0))
     bars = ax.bar(names, rates, yerr=errors, capsize=6, color="#5b8def")
     for bar, rate in zip(bars, rates, strict=True):
         ax.annotate(
