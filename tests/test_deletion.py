@@ -3,6 +3,7 @@ retention sweep with a frozen clock, also by two sweeper processes at once."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +24,8 @@ __all__ = ["fake_upstream"]
 
 @pytest.fixture(scope="module")
 def client(db_url: str, fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    with make_client(tmp_path_factory.mktemp("deletion"), fake_upstream, db_url) as c:
+    tmp = tmp_path_factory.mktemp("deletion")
+    with make_client(tmp, fake_upstream, db_url, files_dir=tmp / "files") as c:
         yield c
 
 
@@ -62,6 +64,48 @@ def test_deleting_a_project_leaves_nothing_of_it_in_any_table(client: TestClient
     assert deleted.status_code == 200 and deleted.json()["rows"]["completions"] == 3
     assert _rows_of(client, project_id) == {}
     assert client.get("/v1/chat/completions", headers=key).status_code == 401  # its keys went with it
+
+
+_TRAINING = b'{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n' * 10
+
+
+def _upload(client: TestClient, key: dict[str, str]) -> Path:
+    """A file in the project; the path of its bytes in the file storage."""
+    made = client.post("/v1/files", headers=key, files={"file": ("t.jsonl", _TRAINING)}, data={"purpose": "fine-tune"})
+    assert made.status_code == 200, made.text
+    storage = client.app.state.services.storage  # type: ignore[attr-defined]
+    path: Path = storage.local_path(made.json()["id"])
+    assert path.read_bytes() == _TRAINING
+    return path
+
+
+def test_deleting_a_project_frees_its_files_bytes_and_no_one_elses(client: TestClient) -> None:
+    project_id, other = new_project(client), new_project(client)
+    key, other_key = bearer(new_key(client, project_id, "admin")), bearer(new_key(client, other, "admin"))
+    blobs = [_upload(client, key), _upload(client, key)]
+    kept = _upload(client, other_key)
+    deleted = client.delete(f"/v1/organization/projects/{project_id}", headers=ADMIN)
+    assert deleted.status_code == 200 and deleted.json()["rows"]["files"] == 2 and deleted.json()["files"] == 2
+    assert [path.exists() for path in blobs] == [False, False]
+    assert _rows_of(client, project_id) == {}
+    assert kept.read_bytes() == _TRAINING
+    assert len(client.get("/v1/files", headers=other_key).json()["data"]) == 1
+
+
+def test_stillroom_projects_delete_frees_the_files_in_stillroom_files_dir(client: TestClient) -> None:
+    project_id = new_project(client)
+    blob = _upload(client, bearer(new_key(client, project_id, "admin")))
+    settings = client.app.state.services.settings  # type: ignore[attr-defined]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STILLROOM_")}
+    env["STILLROOM_FILES_DIR"] = str(settings.files_dir)
+    command = [sys.executable, "-m", "stillroom", "projects", "delete", project_id, "--yes"]
+    done = subprocess.run(
+        [*command, "--database-url", str(settings.database_url)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("rows; files freed: 1")
+    assert not blob.exists()
+    assert _rows_of(client, project_id) == {}
 
 
 def test_bulk_delete_by_metadata_with_a_dry_run_first(client: TestClient) -> None:

@@ -147,14 +147,16 @@ def projects_delete(
     database_url: DatabaseUrl = None,
     debug: Debug = False,
 ) -> None:
-    """Delete a project and everything it holds (completions, messages, keys, audit log, files, jobs)."""
+    """Delete a project and everything it holds (completions, messages, keys, audit log, jobs, and files, in
+    STILLROOM_FILES_DIR too)."""
     from stillroom.projects import delete_project
+    from stillroom.store.blobs import LocalFileStorage
 
     if not yes:
         typer.confirm(f"Delete project {project} and everything it holds?", abort=True)
     with _database(database_url, debug) as engine:
-        result = delete_project(_writes(engine), project)
-    typer.echo(f"deleted {project}: {sum(result['rows'].values())} rows")
+        result = delete_project(_writes(engine), LocalFileStorage(Settings.model_validate({}).files_dir), project)
+    typer.echo(f"deleted {project}: {sum(result['rows'].values())} rows; files freed: {result['files']}")
 
 
 @keys_app.command("create")

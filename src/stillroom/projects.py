@@ -3,6 +3,7 @@ completions by filter (with a dry run)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -11,9 +12,12 @@ from stillroom.auth.roles import StorePolicy
 from stillroom.errors import BadRequestError, ConflictError, NotFoundError
 from stillroom.store import projects as store
 from stillroom.store import purge
+from stillroom.store.blobs import FileStorage
 from stillroom.store.db import Engine
 from stillroom.wire.chat import validate_metadata
 from stillroom.wire.ids import completion_id_floor, new_project_id
+
+log = logging.getLogger("stillroom.projects")
 
 POLICY_MODES = ("request", "all", "sample")
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -88,12 +92,24 @@ def modify_project(writes: store.Writes, project_id: str, body: dict[str, Any]) 
     return row
 
 
-def delete_project(writes: store.Writes, project_id: str) -> dict[str, Any]:
-    """Delete the project and everything it holds (every table); the counts per table."""
+def delete_project(writes: store.Writes, storage: FileStorage, project_id: str) -> dict[str, Any]:
+    """Delete the project and everything it holds: its rows in every table (the counts per table), then,
+    once that has committed, its files' bytes."""
     deleted = writes(lambda conn: purge.delete_project(conn, project_id))
     if deleted is None:
         raise _not_found(project_id)
-    return {"object": "organization.project.deleted", "id": project_id, "deleted": True, "rows": deleted}
+    for key in deleted.storage_keys:
+        try:
+            storage.delete(key)
+        except OSError as exc:  # the rows are gone, so nothing refers to these bytes: log, go on
+            log.warning("deleting project %s: cannot free file %s: %s", project_id, key, exc)
+    return {
+        "object": "organization.project.deleted",
+        "id": project_id,
+        "deleted": True,
+        "rows": deleted.rows,
+        "files": len(deleted.storage_keys),
+    }
 
 
 def parse_policy(value: Any, param: str) -> StorePolicy:

@@ -80,7 +80,9 @@ async def modify_project(project_id: str, request: Request, principal: Caller, s
 @router.delete("/{project_id}")
 async def delete_project(project_id: str, principal: Caller, services: Svc) -> Response:
     """Delete the project and everything it holds."""
-    result = await _changing(services, lambda: projects.delete_project(services.writes, principal.project_id))
+    result = await _changing(
+        services, lambda: projects.delete_project(services.writes, services.storage, principal.project_id)
+    )
     return json_response(result)
 
 

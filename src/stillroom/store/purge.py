@@ -19,6 +19,7 @@ from stillroom.store.tables import (
     completion_metadata,
     completion_tombstones,
     completions,
+    files,
     message_contents,
     metadata,
     projects,
@@ -121,15 +122,21 @@ def project_tables() -> list[Any]:
     return [t for t in reversed(metadata.sorted_tables) if "project_id" in t.c]
 
 
-def delete_project(conn: Connection, project_id: str) -> dict[str, int] | None:
-    """Delete a project and every row it owns, in every table, in one transaction; rows deleted per table.
-    None when there is no such project. Rows without a `project_id` go with their parents (ON DELETE
-    CASCADE)."""
+@dataclass(frozen=True, slots=True)
+class DeletedProject:
+    rows: dict[str, int]  # rows deleted per table
+    storage_keys: list[str]  # where its files' bytes are: the caller frees them once this has committed
+
+
+def delete_project(conn: Connection, project_id: str) -> DeletedProject | None:
+    """Delete a project and every row it owns, in every table, in one transaction. None when there is no
+    such project. Rows without a `project_id` go with their parents (ON DELETE CASCADE)."""
     if lock_usage(conn, project_id) is None:
         return None
+    keys = list(conn.execute(select(files.c.storage_key).where(files.c.project_id == project_id)).scalars())
     deleted = {}
     for table in project_tables():
         deleted[str(table.name)] = int(conn.execute(delete(table).where(table.c.project_id == project_id)).rowcount)
     conn.execute(delete(projects).where(projects.c.id == project_id))
     bump_access(conn)
-    return deleted
+    return DeletedProject(deleted, keys)
