@@ -57,6 +57,12 @@ def test_every_route_of_the_app_declares_its_action(client: TestClient) -> None:
     assert set(OPERATION_ACTIONS) - operations == set(), "stale entries in OPERATION_ACTIONS"
 
 
+def test_docs_access_lists_every_operation_with_its_action() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "access.md").read_text()
+    rows = set(re.findall(r"^\| `[A-Z]+` \| `[^`]+` \| `(\w+)` \| `([\w/-]+)` \|$", page, flags=re.MULTILINE))
+    assert rows == {(operation, action.value) for operation, action in OPERATION_ACTIONS.items()}
+
+
 def _fill(path: str, project_id: str) -> str:
     """Concrete path: the key's own project, the configured model, and ids that do not exist."""
     known = {"project_id": project_id, "deployment": "fake", "model": "fake", "completion_id": "chatcmpl-nosuch"}
