@@ -52,7 +52,7 @@ class Gateway:
         self._store_timeout = store_timeout
 
     async def complete_chat(self, request: ChatRequest, principal: Principal, request_id: str) -> Answer:
-        model, provider = self._registry.get(request.model)
+        model, provider = await self._registry.lookup(request.model, principal.project_id)
         started = time.perf_counter()
         asked = _asked(request)
         raw = await provider.complete(_upstream_body(asked, request, model))
@@ -66,7 +66,7 @@ class Gateway:
 
     async def stream_chat(self, request: ChatRequest, principal: Principal, request_id: str) -> StreamAnswer:
         """Open the upstream stream and read its first chunk, so failures up to there are plain HTTP errors."""
-        model, provider = self._registry.get(request.model)
+        model, provider = await self._registry.lookup(request.model, principal.project_id)
         started = time.perf_counter()
         asked = _asked(request)
         body = _upstream_body(asked, request, model)

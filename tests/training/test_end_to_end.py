@@ -8,12 +8,14 @@ from __future__ import annotations
 import csv
 import io
 import time
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -61,8 +63,8 @@ def pair(db_url: str, tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory)
     trainer.stop()
 
 
-def _sdk(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+def _sdk(server: LiveServer, project: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", project=project, max_retries=0)
 
 
 def test_a_job_trains_for_real_and_its_model_answers_on_another_server(pair: Pair, tmp_path: Path) -> None:
@@ -120,3 +122,28 @@ def test_a_job_trains_for_real_and_its_model_answers_on_another_server(pair: Pai
         assert answer.model == done.fine_tuned_model
         assert answer.choices[0].message.content is not None and answer.usage is not None
         assert answer.usage.completion_tokens > 0
+
+    _another_project_cannot_see_or_use(pair.other, done.fine_tuned_model)
+
+
+def _another_project_cannot_see_or_use(server: LiveServer, model: str) -> None:
+    project = f"p-{uuid.uuid4().hex[:12]}"
+    created = httpx.post(server.url + "/v1/organization/projects", json={"name": project, "id": project})
+    assert created.status_code == 200, created.text
+    with _sdk(server, project) as foreign:
+        wait_for(lambda: _known(foreign), timeout=30, what="the new project known to the server")
+        assert model not in [m.id for m in foreign.models.list()]
+        with pytest.raises(openai.NotFoundError):
+            foreign.models.retrieve(model)
+        with pytest.raises(openai.NotFoundError) as raised:
+            foreign.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        assert raised.value.code == "model_not_found"
+
+
+def _known(client: openai.OpenAI) -> bool:
+    try:
+        client.models.list()
+    except openai.NotFoundError as exc:  # project_not_found until the server's next poll of projects
+        assert exc.code == "project_not_found"
+        return False
+    return True

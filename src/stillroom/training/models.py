@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from stillroom.config import ModelConfig
+from stillroom.providers.registry import FineTunedModel
 from stillroom.store import files as file_store
 from stillroom.store import jobs as store
 from stillroom.store.blobs import FileStorage
@@ -16,10 +17,10 @@ from stillroom.training.student import student_model_config
 
 def fine_tuned_model_resolver(
     engine: Engine, storage: FileStorage, base_models: Mapping[str, ModelConfig]
-) -> Callable[[str], ModelConfig | None]:
-    """For ProviderRegistry: the model entry of a registered `ft:` name, None for any other name."""
+) -> Callable[[str], FineTunedModel | None]:
+    """For ProviderRegistry: the model entry (and owner) of a registered `ft:` name, None for any other name."""
 
-    def resolve(name: str) -> ModelConfig | None:
+    def resolve(name: str) -> FineTunedModel | None:
         row = store.get_model(engine, name)
         if row is None:
             return None
@@ -27,14 +28,15 @@ def fine_tuned_model_resolver(
         if gguf is None:  # its file was deleted: the model can no longer be served
             return None
         base = base_models.get(row.base_model)
-        return student_model_config(name, storage.local_path(gguf.storage_key), n_ctx=base.n_ctx if base else 2048)
+        config = student_model_config(name, storage.local_path(gguf.storage_key), n_ctx=base.n_ctx if base else 2048)
+        return FineTunedModel(config, row.project_id)
 
     return resolve
 
 
-def fine_tuned_model_cards(engine: Engine) -> list[dict[str, Any]]:
-    """`/models` entries for every registered fine-tuned model."""
+def fine_tuned_model_cards(engine: Engine, project_id: str | None = None) -> list[dict[str, Any]]:
+    """`/models` entries for the registered fine-tuned models (of one project, given `project_id`)."""
     return [
         {"id": row.name, "object": "model", "created": row.created_at, "owned_by": row.project_id}
-        for row in store.list_models(engine)
+        for row in store.list_models(engine, project_id)
     ]
