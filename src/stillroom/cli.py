@@ -158,14 +158,16 @@ def _app_factory(settings: Settings, models: list[ModelConfig], url: str) -> Cal
     def start() -> FastAPI:
         """Called by uvicorn inside its event loop, before it listens: loads the models, opens the database."""
         from stillroom.app import create_app
-        from stillroom.services import Services
+        from stillroom.services import Services, tune_for_serving
 
         try:
             services = Services.start(settings)
         except TypeError as exc:  # uvicorn would take it for a bad factory signature
             raise RuntimeError(str(exc)) from exc
         log.info("serving %s on %s; database %s", _describe(models), url, redact_url(settings.database_url))
-        return create_app(settings, services)
+        application = create_app(settings, services)
+        tune_for_serving()
+        return application
 
     return start
 

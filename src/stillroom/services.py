@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,3 +61,18 @@ class Services:
         """`status` is "degraded" while stores fail (the last write failed, or one has been stuck for longer
         than the store timeout), "ok" again once a write succeeds."""
         return {"status": "degraded" if self.commits.is_degraded() else "ok", "store": self.commits.health()}
+
+def tune_for_serving() -> None:
+    """Process-wide settings for a long-running server, applied once everything is loaded (`stillroom serve`).
+
+    - The objects alive at start-up (modules, routes, models, the OpenAPI schema: about 130,000) go to the
+      permanent generation (`gc.freeze`): a full collection no longer scans them, which took 90-130 ms on
+      this machine and stalled every request and stream meanwhile.
+    - Young collections run every 20,000 allocations instead of 700: fewer, and fewer objects promoted.
+    - A thread waiting for the GIL gets it after 1 ms instead of 5 ms, so the writer thread's commit does not
+      wait whole 5 ms slices behind a busy event loop (and the loop not behind it).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+    sys.setswitchinterval(0.001)
