@@ -3,6 +3,7 @@ named fake trainer, so that these tests measure the queue and not training)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import Engine
 
 from stillroom.config import ModelConfig
+from stillroom.errors import BadRequestError
 from stillroom.files import Upload
 from stillroom.store import jobs as job_store
 from stillroom.store.blobs import LocalFileStorage
@@ -276,3 +278,38 @@ def test_racing_workers_run_each_job_once(engine: Engine, storage: LocalFileStor
     ran = [job_id for r in runners for job_id in r.runs]
     assert sorted(ran) == sorted(ids)
     assert {jobs.retrieve_job(engine, project, i)["status"] for i in ids} == {"succeeded"}
+
+
+def test_validation_examples_that_repeat_training_ones_fail_the_job(
+    engine: Engine, storage: LocalFileStorage, tmp_path: Path
+) -> None:
+    project = uuid.uuid4().hex[:12]
+    training = upload(engine, storage, project, 12)
+    pending = Upload(storage, "fine-tune", "valid.jsonl", 1 << 20)
+    reordered = {"messages": [{"content": "q7", "role": "user"}, {"content": "a7", "role": "assistant"}]}
+    pending.write(orjson.dumps(_example(50)) + b"\n" + json.dumps(reordered).encode() + b"\n")
+    validation = pending.finish(direct_writes(engine), project).id
+    body = {"model": BASE, "training_file": training, "validation_file": validation}
+    created = jobs.create_job(engine, direct_writes(engine), project, body, MODELS)
+    runner = FakeTrainer()
+    assert worker(engine, storage, runner, tmp_path).run_once()
+    failed = jobs.retrieve_job(engine, project, created["id"])
+    assert failed["status"] == "failed" and runner.runs == []
+    assert failed["error"]["code"] == "invalid_validation_file" and failed["error"]["param"] == "validation_file"
+    assert "shares 1 example(s)" in failed["error"]["message"] and "line 2" in failed["error"]["message"]
+
+
+def test_the_training_file_as_its_own_validation_file_is_refused(engine: Engine, storage: LocalFileStorage) -> None:
+    project = uuid.uuid4().hex[:12]
+    training = upload(engine, storage, project, 12)
+    before = job_store.count_jobs(engine)
+    with pytest.raises(BadRequestError) as raised:
+        jobs.create_job(
+            engine,
+            direct_writes(engine),
+            project,
+            {"model": BASE, "training_file": training, "validation_file": training},
+            MODELS,
+        )
+    assert raised.value.param == "validation_file" and raised.value.code == "invalid_validation_file"
+    assert job_store.count_jobs(engine) == before

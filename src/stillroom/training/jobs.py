@@ -99,6 +99,12 @@ def create_job(
             param="model",
             code="model_not_available",
         )
+    if request.validation_file is not None and request.validation_file == request.training_file:
+        raise BadRequestError(
+            "The validation file must not be the training file: training and validation data must not overlap.",
+            param="validation_file",
+            code="invalid_validation_file",
+        )
     for param, file_id in (("training_file", request.training_file), ("validation_file", request.validation_file)):
         if file_id is None:
             continue

@@ -29,6 +29,7 @@ from stillroom.store.blobs import FileStorage
 from stillroom.store.db import Engine
 from stillroom.store.projects import Writes, direct_writes
 from stillroom.training.jobs import fine_tuned_model_name, new_event
+from stillroom.training.overlap import find_overlap
 from stillroom.wire.files import MIN_EXAMPLES, FileFormatError, FineTuneValidator
 from stillroom.wire.ids import new_sortable_id
 
@@ -161,6 +162,7 @@ class Worker:
             validation_path = None
             if job.validation_file is not None:
                 validation_path, _ = self._check_file(job, job.validation_file, "validation_file")
+                self._check_overlap(job, training_path, validation_path)
         if n_examples < MIN_EXAMPLES:
             raise JobFailed(
                 "invalid_n_examples",
@@ -193,6 +195,17 @@ class Worker:
             return self.storage.local_path(row.storage_key), validator.finish()
         except FileFormatError as exc:
             raise JobFailed("invalid_file_format", f"File {file_id}: {exc}", param) from None
+
+    def _check_overlap(self, job: store.JobRow, training_path: Path, validation_path: Path) -> None:
+        with training_path.open("rb") as training, validation_path.open("rb") as validation:
+            overlap = find_overlap(training, validation)
+        if overlap.shared:
+            raise JobFailed(
+                "invalid_validation_file",
+                f"Validation file {job.validation_file} shares {overlap.shared} example(s) with the training file "
+                f"(the first on line {overlap.first_line}); training and validation data must not overlap.",
+                "validation_file",
+            )
 
     # --- queued -> running -> succeeded ---
 
