@@ -12,8 +12,8 @@ costs nothing.
 - `{"type": "message", "level": "info", "message": str, "data": {}}` for each phase (loading, tokenising,
   writing the student);
 - `{"type": "metrics", "level": "info", "message": "Step 3/40: training loss=1.234", "data": {"step",
-  "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "learning_rate", "tokens_per_second",
-  "eta_seconds"}}` after every optimizer step;
+  "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "learning_rate", "tokens" (this step's),
+  "tokens_per_second", "eta_seconds"}}` after every optimizer step;
 - `{"type": "checkpoint", "step_number": int, "metrics": {"step", "train_loss", "train_mean_token_accuracy",
   "valid_loss", "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy"},
   "path": Path}` at the end of every epoch and at the last step (`path` is a PEFT adapter folder).
@@ -295,6 +295,7 @@ class _Run:
             "train_loss": loss,
             "train_mean_token_accuracy": accuracy,
             "learning_rate": self.step_lr,
+            "tokens": int(tokens),
             "tokens_per_second": tokens / max(elapsed, 1e-9),
             "eta_seconds": per_step * (self.total_steps - self.step),
         }
