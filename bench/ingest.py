@@ -248,8 +248,8 @@ async def _commit_queue_closed(
 
 
 async def _commit(queue: CommitQueue, record: CompletionRecord) -> None:
-    """The gateway's wait: `commit()` where the CommitQueue has it (inline on SQLite, thread on PostgreSQL),
-    else the thread-only API of earlier versions."""
+    """The gateway's wait: `commit()` where the CommitQueue has it (a writer thread on both databases since issue 6;
+    before it, inline on the loop for SQLite), else the thread-only API of earlier versions."""
     if hasattr(queue, "commit"):
         await queue.commit(record, 60.0)
     else:
