@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from stillroom.errors import BadRequestError, NotFoundError, PayloadTooLargeError
+from stillroom.errors import BadRequestError, NotFoundError, PayloadTooLargeError, QuotaExceededError
 from stillroom.store import files as store
 from stillroom.store.blobs import BlobWriter, FileStorage
 from stillroom.store.db import Engine
@@ -121,7 +121,7 @@ class Upload:
                 status="processed",
                 storage_key=self.id,
             )
-            store.insert_file(writes, row)
+            _insert(writes, row)
         except BaseException:
             self.abort()
             raise
@@ -153,11 +153,22 @@ def register_result_file(
         file_id, project_id, RESULT_PURPOSES[2], filename, size, int(time.time()), None, "processed", file_id
     )
     try:
-        store.insert_file(writes, row)
+        _insert(writes, row)
     except BaseException:
         storage.delete(file_id)
         raise
     return row
+
+
+def _insert(writes: Writes, row: store.FileRow) -> None:
+    refused = store.insert_file(writes, row)
+    if refused is not None:
+        used, quota = refused
+        raise QuotaExceededError(
+            f"Storing {row.filename!r} ({row.bytes:,} bytes) would exceed project {row.project_id!r}'s storage "
+            f"quota: {used:,} of {quota:,} bytes are in use.",
+            param="file",
+        )
 
 
 def get_file_row(engine: Engine, project_id: str, file_id: str) -> store.FileRow:

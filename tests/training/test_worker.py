@@ -18,7 +18,9 @@ from sqlalchemy import Engine
 from stillroom.config import ModelConfig
 from stillroom.errors import BadRequestError
 from stillroom.files import Upload
+from stillroom.store import files as file_store
 from stillroom.store import jobs as job_store
+from stillroom.store import projects as project_store
 from stillroom.store.blobs import LocalFileStorage
 from stillroom.store.projects import direct_writes
 from stillroom.training import jobs
@@ -313,3 +315,27 @@ def test_the_training_file_as_its_own_validation_file_is_refused(engine: Engine,
         )
     assert raised.value.param == "validation_file" and raised.value.code == "invalid_validation_file"
     assert job_store.count_jobs(engine) == before
+
+
+def test_result_files_past_the_quota_fail_the_job_and_none_are_kept(
+    engine: Engine, storage: LocalFileStorage, tmp_path: Path
+) -> None:
+    project = uuid.uuid4().hex[:12]
+    training = upload(engine, storage, project, 10)
+    used = project_store.get_project(engine, project)
+    assert used is not None
+    direct_writes(engine)(
+        lambda conn: project_store.update_project(conn, project, {"quota_bytes": used.used_bytes + 30})
+    )
+    files_before = file_store.count_files(engine)
+    created = jobs.create_job(
+        engine, direct_writes(engine), project, {"model": BASE, "training_file": training}, MODELS
+    )
+    w = worker(engine, storage, FakeTrainer(), tmp_path)
+    assert w.run_once() and w.run_once()
+    failed = jobs.retrieve_job(engine, project, created["id"])
+    assert failed["status"] == "failed" and failed["error"]["code"] == "quota_exceeded"
+    assert failed["result_files"] == [] and failed["fine_tuned_model"] is None
+    assert file_store.count_files(engine) == files_before
+    after = project_store.get_project(engine, project)
+    assert after is not None and after.used_bytes == used.used_bytes

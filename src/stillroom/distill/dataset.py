@@ -21,6 +21,7 @@ import orjson
 from stillroom.distill.export import Selection, finish_reason, iter_selected, training_row
 from stillroom.errors import BadRequestError
 from stillroom.files import Upload, render_file
+from stillroom.store import files as file_store
 from stillroom.store.blobs import FileStorage
 from stillroom.store.db import Engine
 from stillroom.store.files import FileRow
@@ -98,13 +99,18 @@ def build_dataset(
         counts, dropped, selected = _write_examples(engine, project_id, selection, options, training, validation)
         _check_enough(counts, dropped, selected)
         dataset = Dataset(training.finish(writes, project_id), None, selected, dropped, counts[0], counts[1])
+    except BaseException:
+        training.abort()
+        validation.abort()
+        raise
+    try:
         if counts[1]:
             dataset.validation = validation.finish(writes, project_id)
         else:
             validation.abort()
-    except BaseException:
+    except BaseException:  # e.g. over the quota: the training file, already registered, goes too
+        file_store.delete_file(writes, project_id, dataset.training.id)
         training.abort()
-        validation.abort()
         raise
     return dataset
 

@@ -1,12 +1,16 @@
-"""File rows (the bytes live in a FileStorage): insert, get, list newest first, delete, bytes per project."""
+"""File rows (the bytes live in a FileStorage): insert, get, list newest first, delete, bytes per project.
+
+A file's bytes count against its project's quota: inserting and deleting a row move the project's running
+total (`projects.used_bytes`) in the same transaction, the project's row locked first (store/projects.py).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Connection, Engine, delete, func, insert, select
 
-from stillroom.store.projects import Writes
+from stillroom.store.projects import Writes, add_usage, ensure_projects, lock_usage
 from stillroom.store.tables import files
 
 
@@ -26,8 +30,22 @@ class FileRow:
 _COLUMNS = tuple(files.c[name] for name in FileRow.__slots__)
 
 
-def insert_file(writes: Writes, row: FileRow) -> None:
-    writes(lambda conn: conn.execute(insert(files).values({name: getattr(row, name) for name in FileRow.__slots__})))
+def insert_file(writes: Writes, row: FileRow) -> tuple[int, int] | None:
+    """Insert the row and count its bytes; or, when they would take the project past its quota, write nothing
+    and return the project's (used, quota) bytes."""
+
+    def run(conn: Connection) -> tuple[int, int] | None:
+        ensure_projects(conn, [row.project_id], row.created_at)
+        usage = lock_usage(conn, row.project_id)
+        assert usage is not None  # ensured above
+        used, quota = usage
+        if used + row.bytes > quota:
+            return used, quota
+        conn.execute(insert(files).values({name: getattr(row, name) for name in FileRow.__slots__}))
+        add_usage(conn, row.project_id, row.bytes)
+        return None
+
+    return writes(run)
 
 
 def get_file(engine: Engine, project_id: str, file_id: str) -> FileRow | None:
@@ -53,12 +71,18 @@ def list_files(
 
 def delete_file(writes: Writes, project_id: str, file_id: str) -> FileRow | None:
     """Delete the row and return it (the caller then frees the bytes); None when there was none."""
-    row = writes(
-        lambda conn: conn.execute(
+
+    def run(conn: Connection) -> FileRow | None:
+        lock_usage(conn, project_id)
+        found = conn.execute(
             delete(files).where(files.c.project_id == project_id, files.c.id == file_id).returning(*_COLUMNS)
         ).first()
-    )
-    return FileRow(*row) if row else None
+        if found is None:
+            return None
+        add_usage(conn, project_id, -int(found.bytes))
+        return FileRow(*found)
+
+    return writes(run)
 
 
 def file_bytes_by_project(engine: Engine) -> dict[str, int]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from stillroom.config import ModelConfig
+from stillroom.errors import QuotaExceededError
 from stillroom.files import register_result_file
 from stillroom.store import files as file_store
 from stillroom.store import jobs as store
@@ -320,7 +321,17 @@ class Worker:
         shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
 
     def _register_results(self, job: store.JobRow, result: RunResult) -> list[file_store.FileRow]:
-        rows = []
+        rows: list[file_store.FileRow] = []
+        try:
+            self._add_results(job, result, rows)
+        except QuotaExceededError as exc:  # keep none of them: the job fails, saying why
+            for row in rows:
+                file_store.delete_file(self.writes, job.project_id, row.id)
+                self.storage.delete(row.storage_key)
+            raise JobFailed("quota_exceeded", f"The job's result files were not kept: {exc.message}") from None
+        return rows
+
+    def _add_results(self, job: store.JobRow, result: RunResult, rows: list[file_store.FileRow]) -> None:
         if result.metrics_csv is not None:
             rows.append(
                 register_result_file(
@@ -340,7 +351,6 @@ class Worker:
             rows.append(
                 register_result_file(self.writes, self.storage, job.project_id, result.gguf_path, f"{job.id}.gguf")
             )
-        return rows
 
 
 class _Heartbeat:
