@@ -37,13 +37,14 @@ class Selection:
 
 
 def iter_selected(
-    engine: Engine, project_id: str, selection: Selection
+    engine: Engine, project_id: str, selection: Selection, *, incomplete: bool = True
 ) -> Iterator[tuple[store.StoredCompletion, list[dict[str, Any]]]]:
-    """Every selected completion with its input messages, in commit order (or the order of `ids`)."""
+    """Every selected completion with its input messages, in commit order (or the order of `ids`);
+    `incomplete=False` skips the incomplete ones without reading their messages."""
     if selection.ids:
         for completion_id in dict.fromkeys(selection.ids):
             row = store.get_completion(engine, project_id, completion_id)
-            if row is not None and selection.matches(row):
+            if row is not None and selection.matches(row) and (incomplete or not row.incomplete):
                 yield row, store.get_messages(engine, project_id, completion_id) or []
         return
     after_seq: int | None = None
@@ -52,7 +53,7 @@ def iter_selected(
             engine, project_id, metadata=selection.metadata, model=selection.model, after_seq=after_seq, limit=_PAGE
         )
         for row in rows:
-            if not selection.matches(row):
+            if not selection.matches(row) or (row.incomplete and not incomplete):
                 continue
             if row.incomplete:  # the page loads no bodies for these; few are kept, so fetch them one by one
                 yield row, store.get_messages(engine, project_id, row.id) or []
@@ -81,8 +82,9 @@ def iter_training_rows(
     engine: Engine, project_id: str, *, metadata: dict[str, str], model: str | None
 ) -> Iterator[dict[str, Any]]:
     """One row per complete stored completion with an answer, in commit order (what `stillroom export` writes)."""
-    for row, messages in iter_selected(engine, project_id, Selection(metadata=metadata, model=model)):
-        if not row.incomplete and (training := training_row(row, messages)) is not None:
+    selection = Selection(metadata=metadata, model=model)
+    for row, messages in iter_selected(engine, project_id, selection, incomplete=False):
+        if (training := training_row(row, messages)) is not None:
             yield training
 
 
