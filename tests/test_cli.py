@@ -61,6 +61,35 @@ def test_a_postgresql_database_that_does_not_exist_is_one_line(tmp_path: Path) -
     assert f"cannot use the database {url}" in line and "does not exist" in line
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["usage"],  # cli.py
+        ["projects", "list"],  # cli_admin.py
+        ["jobs", "list"],  # cli_jobs.py
+        ["eval", "show", "evalrun_none"],  # cli_evals.py
+    ],
+    ids=lambda command: " ".join(command),
+)
+def test_every_cli_module_fails_in_one_line_on_a_missing_postgresql_database(
+    tmp_path: Path, command: list[str]
+) -> None:
+    url = "postgresql://postgres@127.0.0.1:5432/stillroom_no_such_database"
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("STILLROOM_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "stillroom", *command, "--database-url", url],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    line = one_error_line(done.stderr)
+    assert f"cannot use the database {url}" in line and "does not exist" in line
+    assert done.stdout == ""
+
+
 def test_a_port_in_use_is_found_before_the_database_is_opened(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

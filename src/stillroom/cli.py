@@ -7,8 +7,7 @@ import logging
 import re
 import socket
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,17 +15,15 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from stillroom import __version__, cli_evals
 from stillroom.cli_admin import audit_app, completions_app, keys_app, projects_app
+from stillroom.cli_edge import ConfigFile, DatabaseUrl, Debug, database, fail, open_database, parse_pairs, reason
 from stillroom.config import ModelConfig, Settings, load_settings, redact_url, unknown_environment_settings
-from stillroom.errors import ConfigError, StillroomError
+from stillroom.errors import ConfigError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-
-    from stillroom.store.db import Engine
 
 log = logging.getLogger("stillroom")
 
@@ -42,13 +39,6 @@ app.add_typer(projects_app, name="projects")
 app.add_typer(keys_app, name="keys")
 app.add_typer(completions_app, name="completions")
 app.add_typer(audit_app, name="audit")
-
-DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL (env STILLROOM_DATABASE_URL)")]
-ConfigFile = Annotated[
-    Path | None, typer.Option("--config", help="TOML model list (env STILLROOM_CONFIG)", dir_okay=False)
-]
-
-Debug = Annotated[bool, typer.Option(help="Show tracebacks")]
 
 
 class RedactSecrets(logging.Filter):
@@ -71,48 +61,6 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
-@contextmanager
-def _database(database_url: str) -> Iterator[Engine]:
-    """The database, migrated to the current schema, closed afterwards; failing to reach or migrate it is a
-    ConfigError naming it (password redacted)."""
-    from stillroom.store.db import make_engine
-    from stillroom.store.migrate import upgrade_database
-
-    engine = None
-    try:
-        engine = make_engine(database_url)
-        upgrade_database(engine)
-    except Exception as exc:
-        if engine is not None:
-            engine.dispose()
-        raise ConfigError(f"cannot use the database {redact_url(database_url)}: {_reason(exc)}") from exc
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-def _reason(exc: BaseException) -> str:
-    """What went wrong, on one line: the driver's own message where SQLAlchemy wrapped one."""
-    orig = getattr(exc, "orig", None)
-    if orig is not None:
-        text = str(orig)
-    elif isinstance(exc, OSError) and exc.strerror:
-        text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    else:
-        text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
-
-
-def _fail(exc: Exception, debug: bool) -> None:
-    if debug:
-        raise exc
-    message = exc.message if isinstance(exc, StillroomError) else _reason(exc)
-    # Text, not markup: a message may hold brackets (`[[models]]`); soft_wrap keeps it on one line.
-    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "red"), " ", " ".join(message.split())))
-    raise typer.Exit(1)
-
-
 def _listen(host: str, port: int) -> socket.socket:
     """The listening address, bound now: a port in use fails before the model loads and migrations run."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -123,7 +71,7 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(f"port {port} on {host} is already in use; choose another with --port") from exc
-        raise ConfigError(f"cannot listen on {host}:{port}: {_reason(exc)}") from exc
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason(exc)}") from exc
     return sock
 
 
@@ -146,7 +94,7 @@ def _prepare(host: str, port: int, **overrides: Any) -> tuple[Settings, list[Mod
             model.model_path()
     listener = _listen(host, port)
     try:
-        with _database(settings.database_url):
+        with open_database(settings.database_url):
             pass
     except Exception:
         listener.close()
@@ -192,7 +140,7 @@ def serve(
             host, port, database_url=database_url, config=config, allowed_hosts=allowed_hosts
         )
     except Exception as exc:  # the CLI edge
-        _fail(exc, debug)
+        fail(exc, debug)
         return
     _configure_logging(settings.log_level)
     for name in unknown_environment_settings():
@@ -213,7 +161,7 @@ def serve(
     try:
         server.run(sockets=[listener])
     except Exception as exc:  # the CLI edge
-        _fail(exc, debug)
+        fail(exc, debug)
     finally:
         listener.close()
 
@@ -221,11 +169,8 @@ def serve(
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseUrl = None, debug: Debug = False) -> None:
     """Apply pending migrations."""
-    try:
-        with _database(load_settings(database_url=database_url).database_url):
-            pass
-    except Exception as exc:  # the CLI edge
-        _fail(exc, debug)
+    with database(database_url, debug):
+        pass
     typer.echo("database is up to date")
 
 
@@ -235,12 +180,8 @@ def usage(database_url: DatabaseUrl = None, debug: Debug = False) -> None:
     the running totals, so it answers at once however much is stored."""
     from stillroom.store.projects import usage_totals
 
-    try:
-        with _database(load_settings(database_url=database_url).database_url) as engine:
-            totals = usage_totals(engine)
-    except Exception as exc:  # the CLI edge
-        _fail(exc, debug)
-        return
+    with database(database_url, debug) as engine:
+        totals = usage_totals(engine)
     table = Table("project", "bytes kept", "quota bytes")
     for project, (size, quota) in sorted(totals.items()):
         table.add_row(project, f"{size:,}", f"{quota:,}")
@@ -261,26 +202,13 @@ def export(
 
     from stillroom.export import iter_training_rows
 
-    try:
-        pairs = dict(_pair(item) for item in metadata or [])
-        with (
-            _database(load_settings(database_url=database_url).database_url) as engine,
-            output.open("wb") as out,
-            Progress(SpinnerColumn(), TextColumn("{task.completed:,} rows")) as bar,
-        ):
+    with database(database_url, debug) as engine:
+        pairs = parse_pairs(metadata)
+        with output.open("wb") as out, Progress(SpinnerColumn(), TextColumn("{task.completed:,} rows")) as bar:
             task = bar.add_task("export")
             for row in iter_training_rows(engine, project, metadata=pairs, model=model):
                 out.write(orjson.dumps(row) + b"\n")
                 bar.advance(task)
-    except Exception as exc:  # the CLI edge
-        _fail(exc, debug)
-
-
-def _pair(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise typer.BadParameter(f"expected key=value, got {item!r}")
-    return key, value
 
 
 @app.command()

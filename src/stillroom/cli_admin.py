@@ -3,9 +3,6 @@ run straight against the database (no server needed). Each takes `--database-url
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
@@ -13,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stillroom.cli_edge import DatabaseUrl, Debug, database, format_time, parse_pairs
 from stillroom.config import Settings
-from stillroom.errors import StillroomError
 
 if TYPE_CHECKING:
     from stillroom.store.db import Engine
@@ -24,41 +21,13 @@ keys_app = typer.Typer(help="Project API keys: create, list, revoke.", no_args_i
 completions_app = typer.Typer(help="Stored completions in bulk.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
 
-DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL (env STILLROOM_DATABASE_URL)")]
-Debug = Annotated[bool, typer.Option(help="Show tracebacks")]
 ProjectOption = Annotated[str, typer.Option("--project", "-p", help="Project id")]
-
-
-@contextmanager
-def _database(database_url: str | None, debug: bool) -> Iterator[Engine]:
-    """The configured database, migrated; any failure is one `error:` line and exit 1 (unless --debug)."""
-    from stillroom.store.db import make_engine
-    from stillroom.store.migrate import upgrade_database
-
-    try:
-        settings = Settings.model_validate({"database_url": database_url} if database_url else {})
-        engine = make_engine(settings.database_url)
-        try:
-            upgrade_database(engine)
-            yield engine
-        finally:
-            engine.dispose()
-    except Exception as exc:  # the CLI edge
-        if debug or isinstance(exc, typer.Exit):
-            raise
-        message = exc.message if isinstance(exc, StillroomError) else str(exc)
-        Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, markup=True)
-        raise typer.Exit(1) from None
 
 
 def _writes(engine: Engine) -> Any:
     from stillroom.store.projects import direct_writes
 
     return direct_writes(engine)
-
-
-def _when(ts: int | None) -> str:
-    return "-" if not ts else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
 @projects_app.command("create")
@@ -72,7 +41,7 @@ def projects_create(
     """Create a project and print its id."""
     from stillroom.projects import create_project
 
-    with _database(database_url, debug) as engine:
+    with database(database_url, debug) as engine:
         quota = quota_bytes if quota_bytes is not None else Settings.model_validate({}).default_quota_bytes
         row = create_project(_writes(engine), name, project_id=project_id, quota_bytes=quota)
     typer.echo(row.id)
@@ -83,7 +52,7 @@ def projects_list(database_url: DatabaseUrl = None, debug: Debug = False) -> Non
     """Projects with their usage, quota, storage switch, store policy and retention."""
     from stillroom.projects import list_projects
 
-    with _database(database_url, debug) as engine:
+    with database(database_url, debug) as engine:
         rows = list_projects(engine)
     table = Table("id", "name", "used bytes", "quota bytes", "storage", "policy", "retention days")
     for row in rows:
@@ -104,7 +73,7 @@ def projects_rename(
     """Rename a project."""
     from stillroom.projects import modify_project
 
-    with _database(database_url, debug) as engine:
+    with database(database_url, debug) as engine:
         modify_project(_writes(engine), project, {"name": name})
     typer.echo(f"renamed {project}")
 
@@ -133,7 +102,7 @@ def projects_set(
         body["storage_enabled"] = storage
     if retention_days is not None:
         body["retention_days"] = retention_days or None
-    with _database(database_url, debug) as engine:
+    with database(database_url, debug) as engine:
         if policy is not None:
             body["store_policy"] = orjson.loads(policy)
         modify_project(_writes(engine), project, body)
@@ -154,7 +123,7 @@ def projects_delete(
 
     if not yes:
         typer.confirm(f"Delete project {project} and everything it holds?", abort=True)
-    with _database(database_url, debug) as engine:
+    with database(database_url, debug) as engine:
         result = delete_project(_writes(engine), LocalFileStorage(Settings.model_validate({}).files_dir), project)
     typer.echo(f"deleted {project}: {sum(result['rows'].values())} rows; files freed: {result['files']}")
 
@@ -171,7 +140,7 @@ def keys_create(
     from stillroom.auth.keys import issue_key
     from stillroom.auth.roles import parse_role
 
-    with _database(database_url, debug) as engine:
+    with database(database_url, debug) as engine:
         issued = issue_key(_writes(engine), project, parse_role(role), name=name)
     typer.echo(issued.key)
 
@@ -181,11 +150,13 @@ def keys_list(project: ProjectOption, database_url: DatabaseUrl = None, debug: D
     """A project's keys: id, prefix, role, created, last used."""
     from stillroom.store.projects import list_keys
 
-    with _database(database_url, debug) as engine:
+    with database(database_url, debug) as engine:
         rows = list_keys(engine, project)
     table = Table("id", "key", "role", "name", "created", "last used")
     for row in rows:
-        table.add_row(row.id, row.prefix + "...", row.role, row.name, _when(row.created), _when(row.last_used))
+        table.add_row(
+            row.id, row.prefix + "...", row.role, row.name, format_time(row.created), format_time(row.last_used)
+        )
     Console().print(table)
 
 
@@ -199,7 +170,7 @@ def keys_revoke(
     """Revoke a key: every server sharing the database refuses it within a second."""
     from stillroom.auth.keys import revoke_key
 
-    with _database(database_url, debug) as engine:
+    with database(database_url, debug) as engine:
         revoke_key(_writes(engine), project, key_id)
     typer.echo(f"revoked {key_id}")
 
@@ -218,12 +189,7 @@ def completions_delete(
     """Delete the stored completions matching every filter given (or count them with --dry-run)."""
     from stillroom.projects import delete_chat_completions
 
-    pairs = {}
-    for item in metadata or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected key=value, got {item!r}")
-        pairs[key] = value
+    pairs = parse_pairs(metadata)
     body: dict[str, Any] = {"dry_run": dry_run}
     filters: tuple[tuple[str, Any], ...] = (
         ("metadata", pairs or None),
@@ -234,7 +200,7 @@ def completions_delete(
     for field, value in filters:
         if value is not None:
             body[field] = value
-    with _database(database_url, debug) as engine:
+    with database(database_url, debug) as engine:
         result = delete_chat_completions(engine, _writes(engine), project, body)
     typer.echo(f"would delete {result['matched']}" if dry_run else f"deleted {result['deleted']}")
 
@@ -249,9 +215,11 @@ def audit_list(
     """A project's audit events, newest first: when, who, action, operation, target, outcome."""
     from stillroom.audit import list_audit_events
 
-    with _database(database_url, debug) as engine:
+    with database(database_url, debug) as engine:
         page = list_audit_events(engine, project, after=None, limit=max(1, min(limit, 1000)))
     table = Table("when", "who", "action", "operation", "target", "outcome")
     for e in page["data"]:
-        table.add_row(_when(e["effective_at"]), e["actor"], e["action"], e["operation"], e["target"], e["outcome"])
+        table.add_row(
+            format_time(e["effective_at"]), e["actor"], e["action"], e["operation"], e["target"], e["outcome"]
+        )
     Console().print(table)

@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from stillroom.cli_jobs import ConfigFile, DatabaseUrl, Debug, Project, _engine, _fail, _pair, _settings
+from stillroom.cli_edge import ConfigFile, DatabaseUrl, Debug, database, load_settings_or_fail, parse_pairs
+from stillroom.cli_jobs import Project
 
 if TYPE_CHECKING:
     from stillroom.evals.comparison import Comparison
@@ -80,16 +81,11 @@ def evaluate(
         return
     if not grader:
         raise typer.BadParameter("give at least one --grader")
-    settings = _settings(debug, database_url=database_url, config=config)
-    with _engine(settings, debug) as engine:
-        try:
-            run_ids = _create(
-                engine, project, metadata or [], grader, model or [], stored, inputs, max_tokens, limit, name
-            )
-            asyncio.run(_execute(settings, engine, run_ids))
-            _print(_comparison(engine, project, run_ids))
-        except Exception as exc:  # the CLI edge
-            _fail(exc, debug)
+    settings = load_settings_or_fail(debug, database_url=database_url, config=config)
+    with database(settings.database_url, debug) as engine:
+        run_ids = _create(engine, project, metadata or [], grader, model or [], stored, inputs, max_tokens, limit, name)
+        asyncio.run(_execute(settings, engine, run_ids))
+        _print(_comparison(engine, project, run_ids))
 
 
 def _create(
@@ -108,7 +104,7 @@ def _create(
     from stillroom.store.evals import direct_writes
 
     writes = direct_writes(engine)
-    pairs = dict(_pair(item) for item in metadata)
+    pairs = parse_pairs(metadata)
     criteria = [parse_grader(spec, n) for n, spec in enumerate(graders)]
     body = {
         "name": name or f"eval {' '.join(metadata) or 'all'}",
@@ -224,21 +220,15 @@ def show(
     from stillroom.evals.comparison import plot_comparison
     from stillroom.store import evals as store
 
-    settings = _settings(debug, database_url=database_url)
-    with _engine(settings, debug) as engine:
-        try:
-            run = store.get_run(engine, project, None, run_id)
-            if run is None:
-                raise NotFoundError(f"No eval run {run_id} in project {project}.")
-            runs, _ = store.list_runs(
-                engine, project, run.eval_id, status=None, after=None, limit=100, descending=False
-            )
-            ids = [r.id for r in runs if r.status in ("completed", "canceled")]
-            found = _comparison(engine, project, ids)
-            _print(found)
-            if plot is not None:
-                ev = store.get_eval(engine, project, run.eval_id)
-                plot_comparison(found[1], plot, (ev.name if ev else "") or run.eval_id)
-                Console().print(f"plot: {plot}")
-        except Exception as exc:  # the CLI edge
-            _fail(exc, debug)
+    with database(database_url, debug) as engine:
+        run = store.get_run(engine, project, None, run_id)
+        if run is None:
+            raise NotFoundError(f"No eval run {run_id} in project {project}.")
+        runs, _ = store.list_runs(engine, project, run.eval_id, status=None, after=None, limit=100, descending=False)
+        ids = [r.id for r in runs if r.status in ("completed", "canceled")]
+        found = _comparison(engine, project, ids)
+        _print(found)
+        if plot is not None:
+            ev = store.get_eval(engine, project, run.eval_id)
+            plot_comparison(found[1], plot, (ev.name if ev else "") or run.eval_id)
+            Console().print(f"plot: {plot}")

@@ -10,9 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,9 +17,18 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 
-from stillroom.config import Settings, load_settings
+from stillroom.cli_edge import (
+    ConfigFile,
+    DatabaseUrl,
+    Debug,
+    database,
+    failing_in_one_line,
+    format_time,
+    load_settings_or_fail,
+    parse_pairs,
+)
+from stillroom.config import Settings
 from stillroom.errors import StillroomError
 
 if TYPE_CHECKING:
@@ -30,49 +36,8 @@ if TYPE_CHECKING:
 
 jobs_app = typer.Typer(help="Fine-tuning jobs: list, show, events, cancel.", no_args_is_help=True)
 
-DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL (env STILLROOM_DATABASE_URL)")]
-ConfigFile = Annotated[
-    Path | None, typer.Option("--config", help="TOML model list (env STILLROOM_CONFIG)", dir_okay=False)
-]
 Project = Annotated[str, typer.Option(help="Project the jobs belong to")]
-Debug = Annotated[bool, typer.Option(help="Show tracebacks")]
 _TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-@contextmanager
-def _engine(settings: Settings, debug: bool) -> Iterator[Engine]:
-    from stillroom.store.db import make_engine
-    from stillroom.store.migrate import upgrade_database
-
-    try:
-        engine = make_engine(settings.database_url)
-        upgrade_database(engine)
-    except Exception as exc:  # the CLI edge
-        _fail(exc, debug)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-def _fail(exc: Exception, debug: bool) -> None:
-    if debug:
-        raise exc
-    message = exc.message if isinstance(exc, StillroomError) else str(exc) or type(exc).__name__
-    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "red"), " ", " ".join(message.split())))
-    raise typer.Exit(1)
-
-
-def _settings(debug: bool, **overrides: Any) -> Settings:
-    try:
-        return load_settings(**overrides)
-    except Exception as exc:  # the CLI edge
-        _fail(exc, debug)
-        raise
-
-
-def _when(ts: int | None) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
 # --- the worker ---
@@ -92,18 +57,16 @@ def worker(
     from stillroom.training.runner import LocalTrainer
     from stillroom.training.worker import Worker
 
-    settings = _settings(debug, database_url=database_url, config=config)
+    settings = load_settings_or_fail(debug, database_url=database_url, config=config)
     _configure_logging(settings.log_level)
-    try:
+    with failing_in_one_line(debug):
         models = {m.name: m for m in settings.load_models()}
-    except Exception as exc:  # the CLI edge
-        _fail(exc, debug)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     if parent_pid is not None:  # started by `serve`: end with it, however it ends
         threading.Thread(target=_watch_parent, args=(parent_pid, stop), daemon=True).start()
-    with _engine(settings, debug) as engine:
+    with database(settings.database_url, debug) as engine:
         evals_thread = start_eval_worker(settings, engine, stop)  # eval runs: a second kind of work
         runner = Worker(
             engine,
@@ -173,43 +136,40 @@ def distill(
     from stillroom.store.projects import direct_writes
     from stillroom.training import jobs
 
-    settings = _settings(debug, database_url=database_url, config=config)
+    settings = load_settings_or_fail(debug, database_url=database_url, config=config)
     console = Console()
-    with _engine(settings, debug) as engine:
-        try:
-            pairs = dict(_pair(item) for item in metadata or [])
-            bases = [m.name for m in settings.load_models() if m.provider == "local"]
-            options = DatasetOptions(
-                validation_fraction=validation, system_prompt="strip" if strip_system else "keep", limit=limit
-            )
-            writes = direct_writes(engine)
-            dataset = build_dataset(
-                engine,
-                writes,
-                LocalFileStorage(settings.files_dir),
-                project,
-                Selection(metadata=pairs, model=model),
-                options,
-                max_bytes=settings.max_file_bytes,
-            )
-            console.print(
-                f"dataset: {dataset.training_examples} training, {dataset.validation_examples} validation examples "
-                f"({dataset.training.id}); dropped {dict(dataset.dropped) or 'none'}"
-            )
-            body: dict[str, Any] = {"model": base, "training_file": dataset.training.id, "suffix": suffix}
-            if dataset.validation is not None:
-                body["validation_file"] = dataset.validation.id
-            if n_epochs is not None:
-                body["method"] = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": n_epochs}}}
-            job = jobs.create_job(engine, writes, project, body, bases)
-            console.print(f"job {job['id']} created")
-            if wait:
-                final = follow_job(engine, project, job["id"], console)
-                if final["status"] != "succeeded":
-                    raise StillroomError(f"job {job['id']} {final['status']}: {(final['error'] or {}).get('message')}")
-                console.print(f"fine-tuned model: [bold]{final['fine_tuned_model']}[/bold]")
-        except Exception as exc:  # the CLI edge
-            _fail(exc, debug)
+    with database(settings.database_url, debug) as engine:
+        pairs = parse_pairs(metadata)
+        bases = [m.name for m in settings.load_models() if m.provider == "local"]
+        options = DatasetOptions(
+            validation_fraction=validation, system_prompt="strip" if strip_system else "keep", limit=limit
+        )
+        writes = direct_writes(engine)
+        dataset = build_dataset(
+            engine,
+            writes,
+            LocalFileStorage(settings.files_dir),
+            project,
+            Selection(metadata=pairs, model=model),
+            options,
+            max_bytes=settings.max_file_bytes,
+        )
+        console.print(
+            f"dataset: {dataset.training_examples} training, {dataset.validation_examples} validation examples "
+            f"({dataset.training.id}); dropped {dict(dataset.dropped) or 'none'}"
+        )
+        body: dict[str, Any] = {"model": base, "training_file": dataset.training.id, "suffix": suffix}
+        if dataset.validation is not None:
+            body["validation_file"] = dataset.validation.id
+        if n_epochs is not None:
+            body["method"] = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": n_epochs}}}
+        job = jobs.create_job(engine, writes, project, body, bases)
+        console.print(f"job {job['id']} created")
+        if wait:
+            final = follow_job(engine, project, job["id"], console)
+            if final["status"] != "succeeded":
+                raise StillroomError(f"job {job['id']} {final['status']}: {(final['error'] or {}).get('message')}")
+            console.print(f"fine-tuned model: [bold]{final['fine_tuned_model']}[/bold]")
 
 
 def follow_job(engine: Engine, project: str, job_id: str, console: Console, poll: float = 1.0) -> dict[str, Any]:
@@ -243,18 +203,11 @@ def follow_job(engine: Engine, project: str, job_id: str, console: Console, poll
                         loss=f"{loss:.4f}" if isinstance(loss, float) else "-",
                     )
                 else:
-                    bar.console.print(f"[dim]{_when(event['created_at'])}[/dim] {event['message']}")
+                    bar.console.print(f"[dim]{format_time(event['created_at'])}[/dim] {event['message']}")
             bar.update(task, description=job["status"])
             if job["status"] in _TERMINAL:
                 return job
             time.sleep(poll)
-
-
-def _pair(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise typer.BadParameter(f"expected key=value, got {item!r}")
-    return key, value
 
 
 # --- jobs ---
@@ -265,11 +218,13 @@ def list_jobs(project: Project = "default", database_url: DatabaseUrl = None, de
     """Fine-tuning jobs, newest first."""
     from stillroom.training import jobs
 
-    with _engine(_settings(debug, database_url=database_url), debug) as engine:
+    with database(database_url, debug) as engine:
         page = jobs.list_jobs(engine, project, metadata={}, after=None, limit="100")
     table = Table("id", "status", "model", "fine-tuned model", "created")
     for job in page["data"]:
-        table.add_row(job["id"], job["status"], job["model"], job["fine_tuned_model"] or "-", _when(job["created_at"]))
+        table.add_row(
+            job["id"], job["status"], job["model"], job["fine_tuned_model"] or "-", format_time(job["created_at"])
+        )
     Console().print(table)
 
 
@@ -286,12 +241,9 @@ def show_job(
     """One job: status, hyperparameters, result files, error; `--plot` draws its loss curve."""
     from stillroom.training import jobs
 
-    with _engine(_settings(debug, database_url=database_url), debug) as engine:
-        try:
-            job = jobs.retrieve_job(engine, project, job_id)
-            metrics = _metrics(engine, project, job_id) if plot is not None else []
-        except Exception as exc:  # the CLI edge
-            _fail(exc, debug)
+    with database(database_url, debug) as engine:
+        job = jobs.retrieve_job(engine, project, job_id)
+        metrics = _metrics(engine, project, job_id) if plot is not None else []
     table = Table("field", "value", show_header=False)
     for key in (
         "id",
@@ -308,8 +260,8 @@ def show_job(
         "metadata",
     ):
         table.add_row(key, str(job[key]) if job[key] is not None else "-")
-    table.add_row("created", _when(job["created_at"]))
-    table.add_row("finished", _when(job["finished_at"]))
+    table.add_row("created", format_time(job["created_at"]))
+    table.add_row("finished", format_time(job["finished_at"]))
     Console().print(table)
     if plot is not None:
         _plot(metrics, plot, job_id)
@@ -317,15 +269,21 @@ def show_job(
 
 
 def _metrics(engine: Engine, project: str, job_id: str) -> list[dict[str, Any]]:
+    points = [e["data"] for e in _all_events(engine, project, job_id) if e["type"] == "metrics" and e.get("data")]
+    return sorted(points, key=lambda d: d.get("step", 0))
+
+
+def _all_events(engine: Engine, project: str, job_id: str) -> list[dict[str, Any]]:
+    """Every event of a job, newest first (as the API pages them)."""
     from stillroom.training import jobs
 
-    points: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     after = None
     while True:
         page = jobs.list_events(engine, project, job_id, after=after, limit="100")
-        points += [e["data"] for e in page["data"] if e["type"] == "metrics" and e.get("data")]
+        events += page["data"]
         if not page["has_more"]:
-            return sorted(points, key=lambda d: d.get("step", 0))
+            return events
         after = page["data"][-1]["id"]
 
 
@@ -355,22 +313,10 @@ def job_events(
     job_id: str, project: Project = "default", database_url: DatabaseUrl = None, debug: Debug = False
 ) -> None:
     """A job's events, oldest first."""
-    from stillroom.training import jobs
-
-    with _engine(_settings(debug, database_url=database_url), debug) as engine:
-        try:
-            events: list[dict[str, Any]] = []
-            after = None
-            while True:
-                page = jobs.list_events(engine, project, job_id, after=after, limit="100")
-                events += page["data"]
-                if not page["has_more"]:
-                    break
-                after = page["data"][-1]["id"]
-        except Exception as exc:  # the CLI edge
-            _fail(exc, debug)
+    with database(database_url, debug) as engine:
+        events = _all_events(engine, project, job_id)
     for event in reversed(events):
-        typer.echo(f"{_when(event['created_at'])} {event['level']:5} {event['message']}")
+        typer.echo(f"{format_time(event['created_at'])} {event['level']:5} {event['message']}")
 
 
 @jobs_app.command("cancel")
@@ -381,9 +327,6 @@ def cancel_job(
     from stillroom.store.projects import direct_writes
     from stillroom.training import jobs
 
-    with _engine(_settings(debug, database_url=database_url), debug) as engine:
-        try:
-            job = jobs.cancel_job(engine, direct_writes(engine), project, job_id)
-        except Exception as exc:  # the CLI edge
-            _fail(exc, debug)
+    with database(database_url, debug) as engine:
+        job = jobs.cancel_job(engine, direct_writes(engine), project, job_id)
     typer.echo(f"{job['id']} {job['status']}")
