@@ -19,8 +19,10 @@ from typing import Any
 import orjson
 
 from stillroom.auth import Principal
+from stillroom.auth.access import Access
 from stillroom.config import ModelConfig
-from stillroom.errors import BadGatewayError, StillroomError, UpstreamError
+from stillroom.errors import BadGatewayError, QuotaExceededError, StillroomError, UpstreamError
+from stillroom.policy import QUOTA_EXCEEDED, STORE_FAILED, decide_store
 from stillroom.providers.registry import ProviderRegistry
 from stillroom.store.completions import CompletionRecord
 from stillroom.store.writer import CommitQueue
@@ -38,34 +40,42 @@ _NOT_RECORDED = ("messages", "metadata")
 class Answer:
     body: bytes
     stored: bool | None  # None: storing was not asked for
+    reason: str | None = None  # why not, when stored is False: quota_exceeded, storage_disabled, store_failed
 
 
 @dataclass(slots=True)
 class StreamAnswer:
     events: AsyncIterator[bytes]  # SSE-framed events, ending with `data: [DONE]`
+    refused: str | None = None  # asked to be stored, but will not be: why (known before the first chunk)
 
 
 class Gateway:
-    def __init__(self, registry: ProviderRegistry, commits: CommitQueue, *, store_timeout: float) -> None:
+    def __init__(
+        self, registry: ProviderRegistry, commits: CommitQueue, *, store_timeout: float, access: Access | None = None
+    ) -> None:
+        self._access = access  # projects' store policies, switches and quotas (None: store what asks to be)
         self._registry = registry
         self._commits = commits
         self._store_timeout = store_timeout
 
     async def complete_chat(self, request: ChatRequest, principal: Principal, request_id: str) -> Answer:
+        request, refused = self._decide(request, principal)
         model, provider = await self._registry.lookup(request.model, principal.project_id)
         started = time.perf_counter()
         asked = _asked(request)
         raw = await provider.complete(_upstream_body(asked, request, model))
         completion = _json_object(raw, model, "answered with")
         if not request.store:
-            return Answer(raw, None)
+            return Answer(raw, None if refused is None else False, refused)
         completion["id"] = new_completion_id()
         record = _record(request, asked, principal, model, provider.kind, completion, request_id, started, False)
         body = orjson.dumps(completion)
-        return Answer(body, await self._commit(record))
+        reason = await self._store(record)
+        return Answer(body, reason is None, reason)
 
     async def stream_chat(self, request: ChatRequest, principal: Principal, request_id: str) -> StreamAnswer:
         """Open the upstream stream and read its first chunk, so failures up to there are plain HTTP errors."""
+        request, refused = self._decide(request, principal)
         model, provider = await self._registry.lookup(request.model, principal.project_id)
         started = time.perf_counter()
         asked = _asked(request)
@@ -84,7 +94,7 @@ class Gateway:
             _close_later(chunks)
             raise
         relay = _Relay(request, asked, principal, model, provider.kind, request_id, started, client_usage)
-        return StreamAnswer(self._relay(first, chunks, relay))
+        return StreamAnswer(self._relay(first, chunks, relay), refused)
 
     async def _relay(self, first: bytes, chunks: AsyncIterator[bytes], relay: _Relay) -> AsyncIterator[bytes]:
         request, model = relay.request, relay.model
@@ -126,16 +136,28 @@ class Gateway:
             yield b": stillroom-stored false\n\n"
         yield b"data: [DONE]\n\n"
 
+    def _decide(self, request: ChatRequest, principal: Principal) -> tuple[ChatRequest, str | None]:
+        if self._access is None:
+            return request, None
+        return decide_store(self._access, request, principal)
+
     async def _commit(self, record: CompletionRecord) -> bool:
-        """Wait until the record is durably committed; False (logged, counted) if storing failed."""
+        return await self._store(record) is None
+
+    async def _store(self, record: CompletionRecord) -> str | None:
+        """Wait until the record is durably committed: None, or why it was not stored (logged, counted)."""
         try:
             await self._commits.commit(record, self._store_timeout)
+        except QuotaExceededError:
+            if self._access is not None:
+                self._access.note_not_stored(record.project_id)
+            return QUOTA_EXCEEDED
         except TimeoutError:
             log.error("storing completion %s did not confirm within %.1fs", record.id, self._store_timeout)
-            return False
+            return STORE_FAILED
         except Exception:  # already logged and counted by the commit queue
-            return False
-        return True
+            return STORE_FAILED
+        return None
 
 
 _closing: set[asyncio.Task[None]] = set()

@@ -14,6 +14,7 @@ reads open their own snapshot (one transaction, REPEATABLE READ on PostgreSQL)."
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,9 @@ from sqlalchemy import (
     update,
 )
 
+from stillroom.errors import QuotaExceededError
 from stillroom.store.db import raw_write_transaction, read_transaction
+from stillroom.store.projects import add_usage, admit_rows, lock_usage
 from stillroom.store.tables import (
     completion_metadata,
     completion_tombstones,
@@ -150,9 +153,10 @@ _SAVE_SQL = (
 _INT64 = range(-(2**63), 2**63)
 
 
-def save_completions(engine: Engine, records: Sequence[CompletionRecord]) -> None:
+def save_completions(engine: Engine, records: Sequence[CompletionRecord]) -> set[str]:
     """Write a batch of completions in one transaction (the group commit), numbered in batch order after
-    everything committed before it."""
+    everything committed before it. Returns the ids of those left out because they would take their
+    project past its quota (store/projects.py admit_rows; the others' bytes are added to its usage)."""
     content_rows, rows, meta_rows = serialise_completions(records)
     sequence_sql, contents_sql, completions_sql, metadata_sql = _save_sql(engine)
     with raw_write_transaction(engine) as cursor:
@@ -162,14 +166,44 @@ def save_completions(engine: Engine, records: Sequence[CompletionRecord]) -> Non
             row[-1] += first
         for meta in meta_rows:
             meta[-1] += first
+        # After the sequence lock, never before: every batch takes the locks in the same order.
+        refused = _admit(cursor, engine, content_rows, rows)
+        if refused:
+            content_rows, rows, meta_rows = _without(refused, content_rows, rows, meta_rows)
         if content_rows:
             cursor.executemany(contents_sql, content_rows)
         cursor.executemany(completions_sql, rows)
         if meta_rows:
             cursor.executemany(metadata_sql, meta_rows)
+    return refused
 
 
 Rows = list[list[Any]]
+_DIGESTS = _COMPLETION_COLUMNS.index("message_digests")
+_BYTES = _COMPLETION_COLUMNS.index("stored_bytes")
+
+
+def _admit(cursor: Any, engine: Engine, content_rows: Rows, rows: Rows) -> set[str]:
+    placeholder = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    admitted = [(row[0], row[1], int(row[_BYTES]), orjson.loads(row[_DIGESTS])) for row in rows]
+    sizes = {(c[0], c[1]): int(c[3]) for c in content_rows}
+    postgres = engine.dialect.name == "postgresql"
+    return admit_rows(cursor, placeholder, postgres, admitted, sizes, int(time.time()))
+
+
+def _without(refused: set[str], content_rows: Rows, rows: Rows, meta_rows: Rows) -> tuple[Rows, Rows, Rows]:
+    """The batch's rows less the refused completions (and the message references only they made)."""
+    drop: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if row[0] in refused:
+            for digest in orjson.loads(row[_DIGESTS]):
+                drop[(row[1], digest)] = drop.get((row[1], digest), 0) + 1
+    contents = []
+    for content in content_rows:
+        refs = content[4] - drop.get((content[0], content[1]), 0)
+        if refs > 0:
+            contents.append([*content[:4], refs])
+    return contents, [r for r in rows if r[0] not in refused], [m for m in meta_rows if m[0] not in refused]
 
 
 def serialise_completions(records: Sequence[CompletionRecord]) -> tuple[Rows, Rows, Rows]:
@@ -419,6 +453,7 @@ def update_metadata(
 ) -> StoredCompletion | None:
     """Replace a completion's metadata with `merge(current)` (merge may raise: the caller's transaction
     then rolls back). The completion keeps its place in the list order."""
+    usage = lock_usage(conn, project_id)
     stmt = select(*_COLUMNS).where(completions.c.project_id == project_id, completions.c.id == completion_id)
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
@@ -429,6 +464,11 @@ def update_metadata(
     old_json = row.metadata
     stored.metadata = merge(stored.metadata)
     new_json = orjson.dumps(stored.metadata).decode()
+    grown = len(new_json.encode()) - len(old_json.encode())
+    if usage is not None and grown > 0 and usage[0] + grown > usage[1]:
+        raise QuotaExceededError("This project's stored data is at its quota: the metadata cannot grow.")
+    if usage is not None:
+        add_usage(conn, project_id, grown)
     conn.execute(
         update(completions)
         .where(completions.c.id == completion_id)
@@ -451,11 +491,13 @@ def update_metadata(
 
 def delete_completion(conn: Connection, project_id: str, completion_id: str) -> bool:
     """Delete a completion and release its message contents; False when there was none. Its sequence
-    number stays behind as a tombstone, so `after=<its id>` still resumes where it was."""
+    number stays behind as a tombstone, so `after=<its id>` still resumes where it was. The project's usage
+    goes down by the bytes freed (its row locked first, as every write of a project's bytes does)."""
+    lock_usage(conn, project_id)
     deleted = conn.execute(
         delete(completions)
         .where(completions.c.project_id == project_id, completions.c.id == completion_id)
-        .returning(completions.c.message_digests, completions.c.seq)
+        .returning(completions.c.message_digests, completions.c.seq, completions.c.stored_bytes)
     ).first()
     if deleted is None:
         return False
@@ -469,9 +511,12 @@ def delete_completion(conn: Connection, project_id: str, completion_id: str) -> 
         conn.execute(
             update(message_contents).where(mc.project_id == project_id, mc.digest == digest).values(refs=mc.refs - n)
         )
-    conn.execute(
-        delete(message_contents).where(and_(mc.project_id == project_id, mc.digest.in_(list(counts)), mc.refs <= 0))
-    )
+    freed = conn.execute(
+        delete(message_contents)
+        .where(and_(mc.project_id == project_id, mc.digest.in_(list(counts)), mc.refs <= 0))
+        .returning(mc.size)
+    ).scalars()
+    add_usage(conn, project_id, -(int(deleted.stored_bytes) + sum(int(size) for size in freed)))
     return True
 
 

@@ -87,64 +87,56 @@ sequences = Table(
     Column("value", BigInteger, nullable=False),
 )
 
-# Evals, their runs (a work queue with leases, like fine-tuning jobs) and per-item outputs.
-# eval_, evalrun_ and outputitem_ + 32 hex: up to 43 characters; byte order keeps them sorting by creation.
-EvalIdString = String(48).with_variant(String(48, collation="C"), "postgresql")
-
-evals = Table(
-    "evals",
+# Projects own every stored row (by `project_id`). `used_bytes` is the running total of what the project keeps
+# (completion rows plus its message contents), changed by the same transaction that writes or frees the bytes.
+projects = Table(
+    "projects",
     metadata,
-    Column("id", EvalIdString, primary_key=True),  # eval_ + 32 hex, rising with creation time
-    Column("project_id", String(64), nullable=False),
-    Column("name", String(512), nullable=True),
-    Column("metadata", Text, nullable=True),  # JSON object or null
-    Column("data_source_config", Text, nullable=False),  # JSON, as echoed (with the derived schema)
-    Column("testing_criteria", Text, nullable=False),  # JSON list, each with its id
-    Column("created_at", BigInteger, nullable=False),
-    Column("updated_at", BigInteger, nullable=False),
-    Index("ix_evals_project_id", "project_id", "id"),
-    Index("ix_evals_project_updated", "project_id", "updated_at", "id"),
+    Column("id", String(64), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("quota_bytes", BigInteger, nullable=False),
+    Column("used_bytes", BigInteger, nullable=False),
+    Column("not_stored", BigInteger, nullable=False),  # answers not stored because of quota or the switch
+    Column("storage_enabled", Boolean, nullable=False),
+    Column("store_policy", String(16), nullable=False),  # request | all | sample
+    Column("sample_rate", Float, nullable=False),
+    Column("default_metadata", Text, nullable=False),  # JSON object added under a stored request's own
+    Column("retention_days", BigInteger, nullable=True),  # null: keep forever
 )
 
-eval_runs = Table(
-    "eval_runs",
+# API keys: only the SHA-256 of the key is kept; `prefix` is what lists and the audit log show.
+api_keys = Table(
+    "api_keys",
     metadata,
-    Column("id", EvalIdString, primary_key=True),  # evalrun_ + 32 hex, rising with creation time
-    Column("eval_id", EvalIdString, ForeignKey("evals.id", ondelete="CASCADE"), nullable=False),
+    Column("id", String(40), primary_key=True),
     Column("project_id", String(64), nullable=False),
-    Column("name", String(512), nullable=False),
-    Column("model", String(256), nullable=True),
-    Column("status", String(16), nullable=False),  # queued | in_progress | completed | canceled | failed
-    Column("data_source", Text, nullable=False),  # JSON, normalised
-    Column("metadata", Text, nullable=True),  # JSON object or null
-    Column("error", Text, nullable=True),  # JSON {code, message}
-    Column("result_counts", Text, nullable=False),  # JSON {total, errored, failed, passed}
-    Column("per_model_usage", Text, nullable=False),  # JSON list
-    Column("per_testing_criteria_results", Text, nullable=False),  # JSON list
-    Column("created_at", BigInteger, nullable=False),
-    Column("started_at", BigInteger, nullable=True),
-    Column("finished_at", BigInteger, nullable=True),
-    Column("worker_id", String(128), nullable=True),  # the worker holding the lease
-    Column("lease_expires_at", Float, nullable=True),
-    Column("attempts", BigInteger, nullable=False),
-    Index("ix_eval_runs_eval_id", "eval_id", "id"),
-    Index("ix_eval_runs_status", "status", "id"),
+    Column("name", String(256), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("last_used", BigInteger, nullable=True),
+    Column("store_policy", String(16), nullable=True),  # null: the project's policy
+    Column("sample_rate", Float, nullable=True),
+    Column("default_metadata", Text, nullable=True),
+    Index("ux_api_keys_hash", "hash", unique=True),
+    Index("ix_api_keys_project", "project_id", "id"),
 )
 
-eval_output_items = Table(
-    "eval_output_items",
+# Who did what, when: one row per audited request. `project_id` is null for organization-level events.
+audit_events = Table(
+    "audit_events",
     metadata,
-    Column("id", EvalIdString, primary_key=True),  # outputitem_ + 32 hex
-    Column("run_id", EvalIdString, ForeignKey("eval_runs.id", ondelete="CASCADE"), nullable=False),
-    Column("eval_id", EvalIdString, nullable=False),
-    Column("datasource_item_id", BigInteger, nullable=False),
-    Column("status", String(8), nullable=False),  # pass | fail
-    Column("datasource_item", Text, nullable=False),  # JSON
-    Column("results", Text, nullable=False),  # JSON list
-    Column("sample", Text, nullable=False),  # JSON
-    Column("created_at", BigInteger, nullable=False),
-    Index("ix_eval_output_items_run", "run_id", "id"),
-    Index("ix_eval_output_items_run_item", "run_id", "datasource_item_id", unique=True),
+    Column("id", IdString, primary_key=True),  # audit_ + time-ordered
+    Column("project_id", String(64), nullable=True),
+    Column("created", BigInteger, nullable=False),  # unix seconds
+    Column("actor", String(128), nullable=False),  # key prefix, token:<sub>, server-key or anonymous
+    Column("action", String(64), nullable=False),
+    Column("operation", String(64), nullable=False),
+    Column("target", String(512), nullable=False),  # method and path
+    Column("outcome", String(16), nullable=False),  # allowed | denied
+    Index("ix_audit_events_project", "project_id", "id"),
 )
 
 # Files (bytes in the file storage, stillroom.store.blobs), fine-tuning jobs with their events and checkpoints,
@@ -237,4 +229,64 @@ fine_tuned_models = Table(
     Column("gguf_file", String(40), nullable=False),  # the file (purpose fine-tune-results) llama.cpp loads
     Column("created_at", BigInteger, nullable=False),
     Index("ix_fine_tuned_models_project_id", "project_id", "name"),
+)
+
+# Evals, their runs (a work queue with leases, like fine-tuning jobs) and per-item outputs.
+# eval_, evalrun_ and outputitem_ + 32 hex: up to 43 characters; byte order keeps them sorting by creation.
+EvalIdString = String(48).with_variant(String(48, collation="C"), "postgresql")
+
+evals = Table(
+    "evals",
+    metadata,
+    Column("id", EvalIdString, primary_key=True),  # eval_ + 32 hex, rising with creation time
+    Column("project_id", String(64), nullable=False),
+    Column("name", String(512), nullable=True),
+    Column("metadata", Text, nullable=True),  # JSON object or null
+    Column("data_source_config", Text, nullable=False),  # JSON, as echoed (with the derived schema)
+    Column("testing_criteria", Text, nullable=False),  # JSON list, each with its id
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_evals_project_id", "project_id", "id"),
+    Index("ix_evals_project_updated", "project_id", "updated_at", "id"),
+)
+
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    Column("id", EvalIdString, primary_key=True),  # evalrun_ + 32 hex, rising with creation time
+    Column("eval_id", EvalIdString, ForeignKey("evals.id", ondelete="CASCADE"), nullable=False),
+    Column("project_id", String(64), nullable=False),
+    Column("name", String(512), nullable=False),
+    Column("model", String(256), nullable=True),
+    Column("status", String(16), nullable=False),  # queued | in_progress | completed | canceled | failed
+    Column("data_source", Text, nullable=False),  # JSON, normalised
+    Column("metadata", Text, nullable=True),  # JSON object or null
+    Column("error", Text, nullable=True),  # JSON {code, message}
+    Column("result_counts", Text, nullable=False),  # JSON {total, errored, failed, passed}
+    Column("per_model_usage", Text, nullable=False),  # JSON list
+    Column("per_testing_criteria_results", Text, nullable=False),  # JSON list
+    Column("created_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger, nullable=True),
+    Column("finished_at", BigInteger, nullable=True),
+    Column("worker_id", String(128), nullable=True),  # the worker holding the lease
+    Column("lease_expires_at", Float, nullable=True),
+    Column("attempts", BigInteger, nullable=False),
+    Index("ix_eval_runs_eval_id", "eval_id", "id"),
+    Index("ix_eval_runs_status", "status", "id"),
+)
+
+eval_output_items = Table(
+    "eval_output_items",
+    metadata,
+    Column("id", EvalIdString, primary_key=True),  # outputitem_ + 32 hex
+    Column("run_id", EvalIdString, ForeignKey("eval_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("eval_id", EvalIdString, nullable=False),
+    Column("datasource_item_id", BigInteger, nullable=False),
+    Column("status", String(8), nullable=False),  # pass | fail
+    Column("datasource_item", Text, nullable=False),  # JSON
+    Column("results", Text, nullable=False),  # JSON list
+    Column("sample", Text, nullable=False),  # JSON
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_eval_output_items_run", "run_id", "id"),
+    Index("ix_eval_output_items_run_item", "run_id", "datasource_item_id", unique=True),
 )

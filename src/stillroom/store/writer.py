@@ -40,6 +40,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from stillroom.errors import QuotaExceededError
 from stillroom.store.completions import CompletionRecord, probe_writes, save_completions
 from stillroom.store.db import checkpoint_wal, write_transaction
 
@@ -196,7 +197,7 @@ class CommitQueue:
     ) -> None:
         self._busy_since = time.monotonic()
         try:
-            save_completions(self._engine, [record for record, _ in batch])
+            refused = save_completions(self._engine, [record for record, _ in batch])
         except Exception as exc:  # the edge of the writer: classify, count, report to each caller
             self._busy_since = None
             if not _is_data_error(exc):
@@ -214,8 +215,12 @@ class CommitQueue:
         self._busy_since = None
         self._succeeded()
         self.batches += 1
-        self.committed += len(batch)
-        outcomes.extend((waiter, None, None) for _, waiter in batch)
+        self.committed += len(batch) - len(refused)
+        for record, waiter in batch:
+            if record.id in refused:  # would take its project past its quota: answered, not stored
+                outcomes.append((waiter, None, QuotaExceededError(f"project {record.project_id!r} is at its quota")))
+            else:
+                outcomes.append((waiter, None, None))
 
     def _run_write(self, item: _Write) -> None:
         self._busy_since = time.monotonic()
