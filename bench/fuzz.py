@@ -28,7 +28,7 @@ import psycopg
 
 from tests.conftest import PG_ADMIN
 from tests.live import fake_models_config, start_fake_upstream, start_server
-from tests.test_openapi_fuzz import ALL_CHECKS, FUZZ_KEY, FUZZ_MODELS, load_fuzz_schema, run_fuzz, seed_completions
+from tests.test_openapi_fuzz import ALL_CHECKS, FUZZ_KEY, FUZZ_MODELS, load_fuzz_schema, run_fuzz, seed_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,7 +58,7 @@ def fuzz_backend(backend: str, max_examples: int, seed: int) -> dict[str, Any]:
                     tmp, url, config=fake_models_config(fake.url, FUZZ_MODELS), api_key=FUZZ_KEY, name="fuzz"
                 )
                 try:
-                    schema = load_fuzz_schema(server.url, FUZZ_KEY, seed_completions(server.url, FUZZ_KEY, 8))
+                    schema = load_fuzz_schema(server.url, FUZZ_KEY, seed_data(server.url, FUZZ_KEY, 8))
                     report = run_fuzz(schema, ALL_CHECKS, max_examples=max_examples, seed=seed)
                     alive = server.process.poll() is None
                     health = httpx.get(server.url + "/health", timeout=10).json() if alive else None

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 import requests
 import schemathesis
@@ -112,9 +113,10 @@ class FuzzReport:
         }
 
 
-def load_fuzz_schema(server_url: str, api_key: str, stored_ids: list[str]) -> OpenApiSchema:
+def load_fuzz_schema(server_url: str, api_key: str, known_ids: dict[str, list[str]]) -> OpenApiSchema:
     """The server's live schema, set up to send the key and to reach real data often enough:
-    3 generated values in 4 are swapped for a known model, deployment or stored completion id."""
+    3 generated values in 4 are swapped for a known model or deployment, or a known id of the path
+    parameter's name (`known_ids`, from `seed_data`: completions, files, evals, runs, output items)."""
     config = schemathesis.Config.from_dict(
         {
             "headers": {"authorization": f"Bearer {api_key}"},
@@ -135,7 +137,7 @@ def load_fuzz_schema(server_url: str, api_key: str, stored_ids: list[str]) -> Op
     @schema.hook
     def map_case(_context: schemathesis.HookContext, case: schemathesis.Case) -> schemathesis.Case:
         if case.path_parameters:
-            for name, choices in (("deployment", models), ("model", models), ("completion_id", stored_ids)):
+            for name, choices in {"deployment": models, "model": models, **known_ids}.items():
                 if name in case.path_parameters:
                     case.path_parameters[name] = known(case.path_parameters[name], choices)
         if isinstance(case.body, dict) and "model" in case.body:
@@ -224,10 +226,12 @@ def _send_and_check(
                 slot[0] += 1
 
 
-def seed_completions(server_url: str, api_key: str, count: int) -> list[str]:
-    """Stored completions for the fuzzer's retrieve/update/delete/messages calls to find."""
+def seed_data(server_url: str, api_key: str, count: int) -> dict[str, list[str]]:
+    """Data for the fuzzer's retrieve/update/delete calls to find, by path parameter name: stored
+    completions, files (fine-tuning JSONL and batch), evals with a run each (graded by the server's worker
+    while the fuzzer runs, so output items appear), and a project of their own."""
     with openai.OpenAI(base_url=server_url + "/v1", api_key=api_key, max_retries=0) as client:
-        return [
+        completions = [
             client.chat.completions.create(
                 model="fake",
                 messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Seed {i}"}],
@@ -236,6 +240,43 @@ def seed_completions(server_url: str, api_key: str, count: int) -> list[str]:
             ).id
             for i in range(count)
         ]
+        jsonl = b"".join(
+            orjson.dumps({"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": "A"}]})
+            + b"\n"
+            for i in range(12)
+        )
+        files = [
+            client.files.create(file=(f"seed{i}.jsonl", jsonl), purpose="fine-tune" if i % 2 else "batch").id
+            for i in range(count)
+        ]
+        evals, runs = [], []
+        for i in range(count):
+            ev = client.evals.create(
+                name=f"seed {i}",
+                data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+                testing_criteria=[
+                    {"type": "string_check", "name": "eq", "input": "{{item.a}}", "reference": "x", "operation": "eq"}
+                ],
+            )
+            evals.append(ev.id)
+            content = [{"item": {"a": "x" if j % 2 else "y"}} for j in range(3)]
+            run = client.evals.runs.create(
+                ev.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": content}}
+            )
+            runs.append(run.id)
+        project = httpx.post(
+            server_url + "/v1/organization/projects",
+            json={"name": "fuzz"},
+            headers={"authorization": f"Bearer {api_key}"},
+            timeout=30,
+        ).json()["id"]
+    return {
+        "completion_id": completions,
+        "file_id": files,
+        "eval_id": evals,
+        "run_id": runs,
+        "project_id": [project],
+    }
 
 
 # --- the short run ---
@@ -261,7 +302,7 @@ def fuzz_server(
 
 @pytest.fixture(scope="module")
 def fuzz_report(fuzz_server: LiveServer) -> FuzzReport:
-    schema = load_fuzz_schema(fuzz_server.url, FUZZ_KEY, seed_completions(fuzz_server.url, FUZZ_KEY, 6))
+    schema = load_fuzz_schema(fuzz_server.url, FUZZ_KEY, seed_data(fuzz_server.url, FUZZ_KEY, 6))
     return run_fuzz(schema, CONFORMANCE_CHECKS, max_examples=MAX_EXAMPLES)
 
 

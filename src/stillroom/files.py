@@ -51,7 +51,7 @@ def expiry_seconds(anchor: str | None, seconds: str | None) -> int | None:
     if anchor != "created_at":
         raise BadRequestError("Invalid 'expires_after.anchor': expected 'created_at'.", param="expires_after.anchor")
     low, high = _EXPIRY_SECONDS
-    if seconds is None or not seconds.isdigit() or not low <= int(seconds) <= high:
+    if seconds is None or not (seconds.isascii() and seconds.isdigit()) or not low <= int(seconds) <= high:
         raise BadRequestError(
             f"Invalid 'expires_after.seconds': expected an integer between {low} and {high}.",
             param="expires_after.seconds",
@@ -207,7 +207,7 @@ def list_files(
 def _limit(limit: str | None) -> int:
     if limit is None:
         return MAX_LIST_LIMIT
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIST_LIMIT:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_LIST_LIMIT:
         raise BadRequestError(f"Invalid 'limit': expected an integer between 1 and {MAX_LIST_LIMIT}.", param="limit")
     return int(limit)
 

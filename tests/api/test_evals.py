@@ -10,9 +10,13 @@ from typing import Any
 
 import openai
 import pytest
+from starlette.testclient import TestClient
 
+from tests.admin import ADMIN, fake_upstream, make_client
 from tests.conftest import AZURE_API_VERSION, GATEWAY_KEY, LOCAL_MODEL
-from tests.live import LiveServer
+from tests.live import FakeUpstream, LiveServer
+
+__all__ = ["fake_upstream"]
 
 GREETS = {
     "type": "string_check",
@@ -220,3 +224,24 @@ def test_azure_cancel_path_and_api_version(server: LiveServer, tag: str) -> None
         assert run.status_code == 201
         old_style = http.post(f"/openai/evals/{ev.json()['id']}/runs/{run.json()['id']}")  # the spec's cancel path
         assert old_style.status_code == 200 and old_style.json()["object"] == "eval.run"
+
+
+# --- in process: what the fuzzer found -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grader_client(
+    db_url: str, fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
+    with make_client(tmp_path_factory.mktemp("graders"), fake_upstream, db_url) as c:
+        yield c
+
+
+def test_a_template_index_in_non_ascii_digits_is_a_missing_reference_not_a_500(grader_client: TestClient) -> None:
+    """`{{item.a.²}}` on a list: `"²".isdigit()` is true and `int("²")` raises, a 500 before."""
+    grader = {"type": "string_check", "name": "g", "input": "{{item.a.\u00b2}}", "reference": "x", "operation": "eq"}
+    body = {"grader": grader, "model_sample": "x", "item": {"a": ["x", "y", "z"]}}
+    response = grader_client.post("/v1/fine_tuning/alpha/graders/run", json=body, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json()["reward"] == 0.0
+    assert response.json()["metadata"]["errors"]["invalid_variable_error"] is True

@@ -66,7 +66,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         sent = f"Content-Type {content_type!r} is not supported" if content_type else "The Content-Type is missing"
         raise UnsupportedMediaTypeError(f"{sent}: send the request body as 'application/json'.")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"Request body too large: {declared} bytes; the limit is {limit} bytes.")
     chunks = []
     size = 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -22,6 +23,7 @@ from stillroom.files import Upload, check_purpose, expiry_seconds, render_file
 
 router = APIRouter()
 _FIELD_LIMIT = 64 * 1024  # bytes a plain form field may hold
+PARQUET = "application/vnd.apache.parquet"
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -93,7 +95,9 @@ async def download_file(
             target.unlink(missing_ok=True)
             raise BadRequestError(f"File {file_id} is not chat fine-tuning JSONL: {exc}", param="format") from exc
         name = row.filename.rsplit(".", 1)[0] + ".parquet"
-        return FileResponse(target, filename=name, background=BackgroundTask(target.unlink, missing_ok=True))
+        return FileResponse(
+            target, media_type=PARQUET, filename=name, background=BackgroundTask(target.unlink, missing_ok=True)
+        )
     headers = {"content-length": str(row.bytes), "content-disposition": f'attachment; filename="{row.filename}"'}
     return StreamingResponse(
         iterate_in_threadpool(_chunks(source)), media_type="application/octet-stream", headers=headers
@@ -129,6 +133,7 @@ class _Form:
         self._filename: str | None = None
         self._pending: list[bytes] = []
         self._failure: Exception | None = None
+        self._ended = False
 
     async def receive(self) -> Upload:
         kind, options = parse_options_header(self.request.headers.get("content-type", ""))
@@ -144,16 +149,21 @@ class _Form:
                 "on_headers_finished": self._headers_done,
                 "on_part_data": self._data,
                 "on_part_end": self._end,
+                "on_end": self._body_end,
             },
         )
         async for chunk in self.request.stream():
-            parser.write(chunk)
+            try:
+                parser.write(chunk)
+            except MultipartParseError as exc:  # the parser's own refusal: the body is not multipart
+                raise BadRequestError(f"The multipart/form-data body is malformed: {exc}.", param="file") from None
             if self._failure is not None:
                 raise self._failure
             await self._flush()
-        parser.finalize()
         if self._failure is not None:
             raise self._failure
+        if not self._ended:  # python-multipart's finalize() checks nothing: a cut-off file is not a file
+            raise BadRequestError("The multipart/form-data body ends before its closing boundary.", param="file")
         await self._flush()
         if self.upload is None:
             check_purpose(self._text("purpose"))
@@ -189,7 +199,9 @@ class _Form:
         self._name = options.get(b"name", b"").decode(errors="replace")
         filename = options.get(b"filename")
         self._filename = filename.decode(errors="replace") if filename is not None else None
-        if self._name == "file" and self._failure is None:
+        if self._name == "file" and self.upload is not None and self._failure is None:
+            self._failure = BadRequestError("Send one 'file' part per upload.", param="file")
+        elif self._name == "file" and self._failure is None:
             try:
                 self.upload = self._start_upload()
             except Exception as exc:  # raised from receive(), outside the parser's callback
@@ -216,6 +228,9 @@ class _Form:
     def _end(self) -> None:
         if self._name and self._name != "file":
             self.fields[self._name] = self._field
+
+    def _body_end(self) -> None:
+        self._ended = True
 
     async def _flush(self) -> None:
         if self._pending and self.upload is not None:

@@ -33,7 +33,7 @@ def lookup(path: str, context: dict[str, Any]) -> Any:
     for part in rest:
         if isinstance(value, dict) and part in value:
             value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+        elif isinstance(value, list) and part.isascii() and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
         else:
             raise MissingReferenceError(f"{{{{{path}}}}}: no {part!r} in {head}")

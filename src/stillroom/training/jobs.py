@@ -208,7 +208,7 @@ def list_checkpoints(
 def parse_limit(limit: str | None, default: int, highest: int = 100) -> int:
     if limit is None:
         return default
-    if not limit.isdigit() or not 1 <= int(limit) <= highest:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= highest:
         raise BadRequestError(f"Invalid 'limit': expected an integer between 1 and {highest}.", param="limit")
     return int(limit)
 
