@@ -65,6 +65,7 @@ def worker(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     if parent_pid is not None:  # started by `serve`: end with it, however it ends
+        os.nice(10)  # and training yields the CPU to the gateway whenever it wants it (bench/train_interference.py)
         threading.Thread(target=_watch_parent, args=(parent_pid, stop), daemon=True).start()
     with database(settings.database_url, debug) as engine:
         evals_thread = start_eval_worker(settings, engine, stop)  # eval runs: a second kind of work
