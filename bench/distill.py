@@ -18,7 +18,7 @@ kind of behaviour worked examples teach a 135M model; see shared/spec/distillati
   questions at temperature 0; the grader is a deterministic regex: one line, `Answer: ` then 1-8 words.
   Scores carry 95% Wilson intervals; `gap closed` = (student - base) / (teacher - base).
 * speed: base and student GGUFs decode 128 tokens (end-of-text banned) from the same prompt in llama.cpp,
-  alternated, best of 3, in this one run.
+  the order flipping each round, best of 5, in this one run.
 
 Results: bench/results/distill.json and .md, plot docs/img/distill.png.
 """
@@ -181,15 +181,16 @@ def answer_locally(gguf: Path, name: str, items: list[str], max_tokens: int) -> 
     return asyncio.run(run())
 
 
-def decode_speed(models: dict[str, Path], tokens: int = 128, rounds: int = 3) -> dict[str, float]:
-    """Best-of-`rounds` decode tokens/s of each GGUF, alternated, same prompt, end-of-text banned."""
+def decode_speed(models: dict[str, Path], tokens: int = 128, rounds: int = 5) -> dict[str, float]:
+    """Best-of-`rounds` decode tokens/s of each GGUF, same prompt, end-of-text banned; the order flips each round
+    (on two shared cores one best-of-3 pass swung a model between 45 and 66 tokens/s)."""
     from llama_cpp import Llama
 
     loaded = {name: Llama(model_path=str(path), n_ctx=2048, verbose=False) for name, path in models.items()}
     best = dict.fromkeys(models, 0.0)
     prompt = "<|im_start|>user\nTell me a long story about a lighthouse keeper.<|im_end|>\n<|im_start|>assistant\n"
-    for _ in range(rounds):
-        for name, llama in loaded.items():
+    for round_ in range(rounds):
+        for name, llama in list(loaded.items())[:: 1 if round_ % 2 == 0 else -1]:
             llama.reset()
             began = time.perf_counter()
             out = llama.create_completion(prompt, max_tokens=tokens, temperature=0, logit_bias={2: -1e9, 0: -1e9})
@@ -352,7 +353,7 @@ def write_results(results: dict[str, Any]) -> None:
         f" {t['trained_tokens']} tokens in {results['timings']['training_s']:.0f} s (model loading and GGUF writing"
         f" included; {t['tokens_per_second'] or 0:.0f} tokens/s while stepping),"
         f" loss {t['first_loss']:.2f} -> {t['final_loss']:.2f}, hyperparameters {t['hyperparameters']}.",
-        f"Decode speed (128 tokens, best of 3): base {v['base']:.1f} tokens/s, student {v['student']:.1f}"
+        f"Decode speed (128 tokens, best of 5): base {v['base']:.1f} tokens/s, student {v['student']:.1f}"
         f" ({v['student_vs_base']:.0%}). Whole run {results['timings']['total_s']:.0f} s.",
         "",
     ]

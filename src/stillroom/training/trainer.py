@@ -347,6 +347,7 @@ class _Run:
             self.cfg.output_dir.mkdir(parents=True, exist_ok=True)
             with self.metrics_csv.open("w", newline="") as out:
                 csv.DictWriter(out, CSV_COLUMNS).writeheader()
+        self._check_stop()  # loading took a while: a job cancelled meanwhile never starts stepping
         self.training_started = time.monotonic()
         batch_size = self.hyperparameters["batch_size"]
         acc = self.accelerator
