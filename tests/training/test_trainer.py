@@ -135,19 +135,15 @@ def test_same_seed_gives_the_same_losses(
 def test_should_stop_cancels_before_the_next_micro_batch(
     tiny_model_dir: Path, planted_file: Callable[..., Path], tmp_path: Path
 ) -> None:
-    polls: list[int] = []
-
-    def should_stop() -> bool:
-        polls.append(1)
-        return len(polls) > 2
+    events: list[dict[str, Any]] = []
 
     with pytest.raises(TrainingCancelled) as raised:
         train(
             _config(tiny_model_dir, planted_file(12), tmp_path, batch_size=1),
-            on_event=lambda e: None,
-            should_stop=should_stop,
+            on_event=events.append,
+            should_stop=lambda: any(e["type"] == "metrics" for e in events),
         )
-    assert raised.value.step == 2
+    assert raised.value.step == 1 and [e["data"]["step"] for e in events if e["type"] == "metrics"] == [1]
 
 
 def test_a_hugging_face_model_folder_trains_too(
