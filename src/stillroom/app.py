@@ -61,6 +61,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         app.include_router(fine_tuning.router, prefix=prefix, dependencies=checked)
         app.include_router(evals.router, prefix=prefix, dependencies=checked)
     app.include_router(projects.router, prefix="/v1", dependencies=checked)
+    app.include_router(projects.identity, prefix="/v1", dependencies=checked)
     app.include_router(chat.deployments, prefix="/openai")
     app.include_router(stored.deployments, prefix="/openai", dependencies=checked)
     app.include_router(health)

@@ -94,6 +94,29 @@ def test_role_route_matrix(client: TestClient, role: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize("role", ROLES)
+def test_me_names_each_keys_project_role_and_actions(client: TestClient, role: str) -> None:
+    project_id = new_project(client)
+    me = client.get("/v1/me", headers=bearer(new_key(client, project_id, role)))
+    assert me.status_code == 200, me.text
+    assert me.json() == {
+        "object": "principal",
+        "project_id": project_id,
+        "role": role,
+        "actions": sorted(a.value for a in ROLE_ACTIONS[Role(role)]),
+        "subject": me.json()["subject"],
+        "all_projects": False,
+    }
+    assert me.json()["subject"].endswith("...")
+
+
+def test_me_for_the_server_key_and_without_a_key(client: TestClient) -> None:
+    me = client.get("/v1/me", headers=ADMIN).json()
+    assert (me["role"], me["subject"], me["all_projects"]) == ("owner", "server-key", True)
+    assert set(me["actions"]) == {a.value for a in Action}
+    assert_openai_error(client.get("/v1/me"), 401, "invalid_request_error")
+
+
 def test_a_project_key_never_sees_another_projects_completions(client: TestClient) -> None:
     a, b = new_project(client), new_project(client)
     writer = new_key(client, a, "contributor")

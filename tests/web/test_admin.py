@@ -57,3 +57,21 @@ def test_reader_key_sees_no_administration(page: Page, console_server: LiveServe
     sign_in(page, console_server, key=created.json()["value"])
     expect(page.get_by_role("heading", name="Stored completions")).to_be_visible()
     expect(page.get_by_role("link", name="Administration")).to_be_hidden()
+
+
+def test_project_admin_key_administers_its_own_project_only(page: Page, console_server: LiveServer) -> None:
+    created = httpx.post(
+        console_server.url + "/v1/organization/projects/default/api_keys",
+        json={"role": "admin", "name": "console project admin"},
+        headers=AUTH,
+    )
+    assert created.status_code == 200, created.text
+    sign_in(page, console_server, key=created.json()["value"])
+    expect(page.locator("#who")).to_contain_text("Signed in as admin · project default")
+    page.get_by_role("link", name="Administration").click()
+    expect(page.get_by_role("heading", name="Administration")).to_be_visible()
+    project = page.get_by_label("Project", exact=True)
+    expect(project).to_have_value("default")
+    expect(project.locator("option")).to_have_count(1)
+    expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    expect(page.locator("tr", has_text="console project admin")).to_contain_text("admin")

@@ -197,3 +197,30 @@ def test_laptop_mode_needs_no_sign_in(page: Page, tmp_path_factory: pytest.TempP
         expect(page.get_by_text(re.compile("No stored completions yet"))).to_be_visible()
     finally:
         server.stop()
+
+
+def test_a_reader_key_sees_no_action_buttons(
+    page: Page, console_server: LiveServer, sdk: openai.OpenAI, tag: str
+) -> None:
+    [cid] = store_completions(sdk, tag, [{"app": "herbal"}])
+    created = httpx.post(
+        console_server.url + "/v1/organization/projects/default/api_keys",
+        json={"role": "reader", "name": "console reader buttons"},
+        headers={"Authorization": f"Bearer {GATEWAY_KEY}"},
+    )
+    assert created.status_code == 200, created.text
+    sign_in(page, console_server, key=created.json()["value"], hash_=f"#/completions?m.t={tag}")
+    expect(_rows(page)).to_have_count(1)
+    expect(page.locator("#who")).to_contain_text("Signed in as reader")
+    toolbar = page.get_by_role("toolbar", name="Selection")
+    expect(toolbar.get_by_role("button", name="Clear selection")).to_be_visible()
+    for name in ("Distill", "Evaluate", "Delete selected"):
+        expect(toolbar.get_by_role("button", name=name)).to_be_hidden()
+    _rows(page).first.locator("a.open").click()
+    expect(page.get_by_role("heading", name="Metadata")).to_be_visible()
+    expect(page.locator("dl.metadata")).to_contain_text("herbal")
+    expect(page.get_by_role("button", name="Save metadata")).to_have_count(0)
+    expect(page.get_by_role("button", name="Add pair")).to_have_count(0)
+    expect(page.get_by_role("button", name="Delete this completion")).to_have_count(0)
+    expect(page.get_by_role("link", name="Administration")).to_be_hidden()
+    assert sdk.chat.completions.retrieve(cid).metadata == {"t": tag, "app": "herbal"}

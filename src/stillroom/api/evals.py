@@ -1,6 +1,7 @@
 """/evals (create, list, retrieve, update, delete), runs (create, list, retrieve, cancel on both paths the
 SDKs use, delete), output items (list, retrieve), and the grader test routes under /fine_tuning/alpha.
-Azure's `aoai-evals: preview` header is accepted and not required."""
+Azure's `aoai-evals: preview` header is accepted and not required. Stillroom adds
+`/evals/{eval_id}/comparison`: the eval's runs side by side per criterion, with confidence intervals."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from stillroom.errors import NotFoundError
 from stillroom.evals import evaluations as ev
 from stillroom.evals import trials
 from stillroom.evals.graders import GradingContext
+from stillroom.evals.reports import compare_eval_runs
 from stillroom.evals.sampling import RegistrySampler
 from stillroom.services import Services
 from stillroom.wire.chat import parse_json_object
@@ -199,6 +201,20 @@ async def get_eval_run_output_item(
         ev.get_output_item, services.engine, principal.project_id, eval_id, run_id, output_item_id
     )
     return json_response(item)
+
+
+@router.get("/evals/{eval_id}/comparison")
+async def get_eval_comparison(
+    eval_id: str,
+    principal: Caller,
+    services: Svc,
+    run_ids: Annotated[
+        list[str] | None, Query(description="Runs to compare, the first as baseline (default: every finished run)")
+    ] = None,
+) -> Response:
+    """Pass rates per subject (run) and criterion with Wilson 95% intervals; each run against the first."""
+    report = await run_in_threadpool(compare_eval_runs, services.engine, principal.project_id, eval_id, run_ids)
+    return json_response(report)
 
 
 @router.post("/fine_tuning/alpha/graders/run", openapi_extra=_body("RunGraderRequest"))

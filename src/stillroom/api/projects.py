@@ -1,5 +1,6 @@
 """The admin API: projects (quota, storage switch, store policy, retention), their API keys, audit log, and
-bulk deletes of stored completions. Paths follow OpenAI's `/v1/organization/projects`."""
+bulk deletes of stored completions. Paths follow OpenAI's `/v1/organization/projects`. `GET /v1/me` says
+who the caller is (project, role, actions), so a client can show only what it may do."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from stillroom import projects
 from stillroom.api.deps import Caller, Svc, json_response, read_body
 from stillroom.audit import list_audit_events
 from stillroom.auth.keys import issue_key, list_keys, render_key, revoke_key
-from stillroom.auth.roles import parse_role
+from stillroom.auth.roles import describe_principal, parse_role
 from stillroom.errors import BadRequestError
 from stillroom.services import Services
 from stillroom.stored import parse_page
 from stillroom.wire.chat import parse_json_object
 
 router = APIRouter(prefix="/organization/projects")
+identity = APIRouter()
 T = TypeVar("T")
 
 
@@ -41,6 +43,12 @@ async def _body(request: Request, services: Services) -> dict[str, Any]:
 
 def _rendered(services: Services, row: Any) -> dict[str, Any]:
     return projects.render_project(row, server_storage=services.settings.storage_enabled)
+
+
+@identity.get("/me")
+async def get_me(principal: Caller) -> Response:
+    """The calling principal: `{project_id, role, actions, subject, all_projects}`."""
+    return json_response(describe_principal(principal))
 
 
 @router.get("")

@@ -94,6 +94,7 @@ OPERATION_ACTIONS: dict[str, Action] = {
     "delete_eval_run": Action.ACT,
     "get_eval_run_output_items": Action.READ,
     "get_eval_run_output_item": Action.READ,
+    "get_eval_comparison": Action.READ,  # Stillroom's: an eval's runs side by side, per criterion
     "run_grader": Action.ACT,  # may call a judge model or run a python grader
     "validate_grader": Action.READ,
     "get_health": Action.PUBLIC,
@@ -101,6 +102,8 @@ OPERATION_ACTIONS: dict[str, Action] = {
     "openapi": Action.PUBLIC,
     "get_console": Action.PUBLIC,  # the console's static page; its scripts call the API with a key
     "get_console_asset": Action.PUBLIC,
+    "get_console_eval_run": Action.PUBLIC,  # an eval run's report_url: a redirect into the console
+    "get_me": Action.PUBLIC,  # any signed-in principal may ask who it is (still needs a valid key)
 }
 
 
@@ -143,6 +146,29 @@ class Principal:
 
     def can(self, action: Action) -> bool:
         return action is Action.PUBLIC or action in self.actions
+
+
+def role_of(principal: Principal) -> str | None:
+    """The principal's role: `owner` for the server key (and laptop mode), the role whose actions it holds,
+    or None for a token whose roles add up to no single one."""
+    if principal.all_projects:
+        return "owner"
+    for role, actions in ROLE_ACTIONS.items():
+        if actions == principal.actions:
+            return role.value
+    return None
+
+
+def describe_principal(principal: Principal) -> dict[str, object]:
+    """What `GET /v1/me` answers: enough for a client to show only what the caller may do."""
+    return {
+        "object": "principal",
+        "project_id": principal.project_id,
+        "role": role_of(principal),
+        "actions": sorted(a.value for a in principal.actions),
+        "subject": principal.subject,
+        "all_projects": principal.all_projects,
+    }
 
 
 def require(principal: Principal, action: Action) -> None:

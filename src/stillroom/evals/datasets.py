@@ -76,8 +76,11 @@ def _jsonl_item(index: int, row: Any) -> Item:
 
 
 def stored_completion_items(engine: Engine, project_id: str, source: dict[str, Any]) -> list[Item]:
-    """The selection, oldest first: metadata pairs, model, created_after/before (unix seconds), limit."""
+    """The selection, oldest first: metadata pairs, model, created_after/before (unix seconds), limit; or
+    the completions `ids` names, in that order (the other filters still apply)."""
     limit = source.get("limit") or MAX_ITEMS
+    if source.get("ids"):
+        return _items_by_id(engine, project_id, source, limit)
     after_seq: int | None = None
     items: list[Item] = []
     while len(items) < limit:
@@ -100,6 +103,24 @@ def stored_completion_items(engine: Engine, project_id: str, source: dict[str, A
         if not has_more or not rows:
             break
         after_seq = rows[-1].seq
+    return items
+
+
+def _items_by_id(engine: Engine, project_id: str, source: dict[str, Any], limit: int) -> list[Item]:
+    items: list[Item] = []
+    wanted = source.get("metadata") or {}
+    for completion_id in dict.fromkeys(source["ids"]):
+        if len(items) >= limit:
+            break
+        row = completion_store.get_completion(engine, project_id, completion_id)
+        if row is None or row.incomplete:
+            continue
+        if source.get("model") not in (None, row.model) or any(row.metadata.get(k) != v for k, v in wanted.items()):
+            continue
+        if not _in_window(int(row.response.get("created") or 0), source):
+            continue
+        messages = completion_store.get_messages(engine, project_id, completion_id) or []
+        items.append(_stored_item(len(items), row, messages))
     return items
 
 

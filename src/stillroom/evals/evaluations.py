@@ -249,6 +249,13 @@ def _source(source: Any, *, allow_stored: bool) -> dict[str, Any]:
             if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
                 raise BadRequestError(f"Invalid '{param}.{key}'.", param=f"{param}.{key}")
             out[key] = value
+        ids = source.get("ids")
+        if ids is not None:
+            if not isinstance(ids, list) or not all(isinstance(i, str) and "\x00" not in i for i in ids):
+                raise BadRequestError(
+                    f"Invalid '{param}.ids': expected a list of completion ids.", param=f"{param}.ids"
+                )
+            out["ids"] = ids
         return out
     allowed = "file_content, file_id" + (" or stored_completions" if allow_stored else "")
     raise BadRequestError(f"Invalid '{param}.type' {kind!r}: expected {allowed}.", param=f"{param}.type")

@@ -12,9 +12,10 @@ import hashlib
 from dataclasses import dataclass
 from importlib.resources import files
 from string import Template
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from stillroom import __version__
 from stillroom.errors import NotFoundError
@@ -75,6 +76,12 @@ def console_router() -> APIRouter:
     async def get_console(request: Request) -> Response:
         """The console page; everything else is fetched by its scripts."""
         return page.response(request, {"content-security-policy": CSP})
+
+    @router.get(ASSET_PREFIX + "evals/{eval_id}/runs/{run_id}")
+    async def get_console_eval_run(eval_id: str, run_id: str) -> Response:
+        """An eval run's `report_url`: the console's run page (relative, so it works under a path prefix)."""
+        target = f"../../../../#/evals/{quote(eval_id, safe='')}/runs/{quote(run_id, safe='')}"
+        return RedirectResponse(target, status_code=303, headers=_HEADERS)
 
     @router.get(ASSET_PREFIX + "{name}")
     async def get_console_asset(name: str, request: Request) -> Response:

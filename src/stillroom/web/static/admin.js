@@ -1,14 +1,15 @@
-// Administration, for a principal that may list projects (the server key, or laptop mode): a project
-// switcher (the choice is sent as `OpenAI-Project` on every later call), usage against quota, the storage
-// switch, API keys (a new key is shown once), and the audit log.
+// Administration, for a principal that may list projects (the server key, or laptop mode: with a project
+// switcher whose choice is sent as `OpenAI-Project` on every later call), or a project's admin key (its own
+// project only): usage against quota, the storage switch, API keys (a new key is shown once), the audit log.
 
-import { api, ApiError, session } from "./api.js";
+import { api, ApiError, server, session } from "./api.js";
 import { confirmDialog, errorBox, field, formatNumber, formatTime, h } from "./dom.js";
 
 const ROLES = ["reader", "contributor", "inference", "admin"];
 
-// Whether this principal may administer projects: a 403 or a missing route means no.
+// Whether this principal may administer a project (GET /v1/me says; on an older server, try listing them).
 export async function canAdminister() {
+  if (server.me) return server.me.actions.includes("organization") || server.me.actions.includes("admin");
   try {
     await api("organization/projects");
     return true;
@@ -34,7 +35,9 @@ export async function renderAdmin(view, onProjectChange = () => {}) {
   view.replaceChildren(h("section.admin", { "aria-labelledby": "admin-title" }, title, status, body));
   let projects;
   try {
-    projects = (await api("organization/projects")).data;
+    projects = server.me && !server.me.actions.includes("organization")
+      ? [await api(`organization/projects/${encodeURIComponent(server.me.project_id)}`)]
+      : (await api("organization/projects")).data;
   } catch (error) {
     body.replaceChildren(errorBox(error));
     return;

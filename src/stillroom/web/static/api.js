@@ -16,8 +16,14 @@ export class ApiError extends Error {
   }
 }
 
-// What the server told the console at sign-in: whether it needs a key, and the models it routes.
-export const server = { open: false, models: [] };
+// What the server told the console at sign-in: whether it needs a key, the models it routes, and who the
+// signed-in principal is (GET /v1/me: project, role, actions; null on a server without that route).
+export const server = { open: false, models: [], me: null };
+
+// Whether the signed-in principal holds an action ("stored-completions/action", "inference", "admin", ...).
+export function can(action) {
+  return !server.me || server.me.actions.includes(action);
+}
 
 export const session = {
   get key() { return sessionStorage.getItem(KEY); },
@@ -40,8 +46,7 @@ function url(path, query) {
   return target;
 }
 
-// `query` is a list of [name, value] pairs (metadata filters repeat the `metadata[...]` form).
-export async function api(path, { method = "GET", body, query, key = session.key } = {}) {
+async function send(path, { method = "GET", body, query, key = session.key } = {}) {
   const headers = { Accept: "application/json" };
   if (key) headers.Authorization = `Bearer ${key}`;
   if (session.project) headers["OpenAI-Project"] = session.project;
@@ -50,12 +55,27 @@ export async function api(path, { method = "GET", body, query, key = session.key
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  let response;
   try {
-    response = await fetch(url(path, query), init);
+    return await fetch(url(path, query), init);
   } catch (cause) {
     throw new ApiError(0, { message: `Could not reach the server (${cause.message}).` });
   }
+}
+
+// The raw response of a route that answers bytes (file content); an error envelope still throws.
+export async function fetchRaw(path, options = {}) {
+  const response = await send(path, options);
+  if (!response.ok) {
+    let data = null;
+    try { data = await response.json(); } catch { data = null; }
+    throw new ApiError(response.status, data?.error);
+  }
+  return response;
+}
+
+// `query` is a list of [name, value] pairs (metadata filters repeat the `metadata[...]` form).
+export async function api(path, options = {}) {
+  const response = await send(path, options);
   let data = null;
   try {
     data = await response.json();
@@ -86,4 +106,16 @@ export async function hasRoute(path) {
   } catch (error) {
     return !(error.status === 404 && /^Invalid URL/.test(error.message));
   }
+}
+
+// Save a file the API serves (the key goes in a header, so a plain link cannot fetch it).
+export async function download(path, query, filename) {
+  const blob = await (await fetchRaw(path, { query })).blob();
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = filename;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
 }

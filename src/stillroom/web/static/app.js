@@ -11,11 +11,27 @@ const who = document.getElementById("who");
 const signOut = document.getElementById("sign-out");
 
 // A key is good for the console when it may read stored completions (an inference-only key may not).
+// GET /v1/me says what else it may do, so the console shows only that.
 async function checkKey(key) {
   const models = await api("models", { key });
   await api("chat/completions", { query: [["limit", "1"]], key });
+  try {
+    state.me = await api("me", { key });
+  } catch (error) {
+    if (error.status !== 404) throw error;
+    state.me = null; // an older server: show everything, and let the API refuse
+  }
   return models.data.map((m) => m.id);
 }
+
+// The wizards, job and run pages load on first use, so a cold load stays small.
+const LAZY = {
+  distill: ["./distill.js", (m, view, parts, params) => m.renderDistill(view, params)],
+  evaluate: ["./evaluate.js", (m, view, parts, params) => m.renderEvaluate(view, params)],
+  jobs: ["./jobs.js", (m, view, parts) => (parts[1] ? m.renderJob(view, decodeURIComponent(parts[1])) : m.renderJobs(view))],
+  evals: ["./runs.js", (m, view, parts) => (parts[3]
+    ? m.renderRun(view, decodeURIComponent(parts[1]), decodeURIComponent(parts[3])) : m.renderEvals(view))],
+};
 
 async function resolveSession() {
   try {
@@ -65,7 +81,9 @@ async function renderChrome() {
   nav.hidden = false;
   signOut.hidden = state.open;
   who.textContent = state.open ? "Laptop mode: no key needed" : "Signed in";
-  if (session.project) who.textContent += ` · project ${session.project}`;
+  if (state.me?.role && !state.open) who.textContent += ` as ${state.me.role}`;
+  const project = session.project || (state.me && !state.me.all_projects ? state.me.project_id : null);
+  if (project) who.textContent += ` · project ${project}`;
   nav.querySelector('[data-section="admin"]').hidden = !(await canAdminister());
 }
 
@@ -103,7 +121,14 @@ async function route() {
   const [path, query = ""] = hash.slice(1).split("?");
   const parts = path.split("/").filter(Boolean);
   const params = new URLSearchParams(query);
-  if (parts[0] === "admin") await renderAdmin(view, () => renderChrome());
+  if (LAZY[parts[0]]) {
+    const [module, render] = LAZY[parts[0]];
+    try {
+      await render(await import(module), view, parts, params);
+    } catch (error) {
+      view.replaceChildren(errorBox(error));
+    }
+  } else if (parts[0] === "admin") await renderAdmin(view, () => renderChrome());
   else if (parts[0] === "completions" && parts[1]) await renderCompletionDetail(view, decodeURIComponent(parts[1]), params);
   else await renderCompletions(view, params);
 }

@@ -2,7 +2,7 @@
 // (messages, answer, parameters, metadata editing, delete). Filters live in the URL hash, so a view can be
 // bookmarked and the browser's back button walks the pages.
 
-import { api, ApiError, listAll, server } from "./api.js";
+import { api, ApiError, can, listAll, server } from "./api.js";
 import {
   confirmDialog, errorBox, field, formatLatency, formatNumber, formatTime, h, uid,
 } from "./dom.js";
@@ -226,10 +226,23 @@ export async function renderCompletions(view, params) {
     flash = null;
   }
   const count = h("span.count", { "aria-live": "polite" });
-  const deleteButton = h("button.danger", { type: "button", disabled: true }, "Delete selected");
+  const acts = can("stored-completions/action");
+  const deleteButton = h("button.danger", { type: "button", disabled: true, hidden: !acts }, "Delete selected");
   const clearButton = h("button.quiet", { type: "button", disabled: true }, "Clear selection");
+  // Distill and Evaluate take the selected ids, or with none selected every completion the filters match.
+  const scope = () => {
+    const params = new URLSearchParams();
+    if (selected.size) params.set("ids", [...selected].join(","));
+    if (filters.model) params.set("model", filters.model);
+    for (const [key, value] of filters.metadata) params.append(`m.${key}`, value);
+    return params.toString();
+  };
+  const distillButton = h("button", { type: "button", hidden: !acts, title: "Make a fine-tuning dataset and train a student",
+    onclick: () => { location.hash = `#/distill?${scope()}`; } }, "Distill");
+  const evaluateButton = h("button", { type: "button", hidden: !acts, title: "Grade the answers and compare models",
+    onclick: () => { location.hash = `#/evaluate?${scope()}`; } }, "Evaluate");
   const onSelect = () => {
-    count.textContent = selected.size ? `${selected.size} selected` : "None selected";
+    count.textContent = selected.size ? `${selected.size} selected` : acts ? "None selected: Distill and Evaluate take every match" : "None selected";
     deleteButton.disabled = clearButton.disabled = !selected.size;
     syncAll();
   };
@@ -249,8 +262,9 @@ export async function renderCompletions(view, params) {
     allBox.indeterminate = on > 0 && on < boxes.length;
   };
   allBox.addEventListener("change", () => {
+    const wanted = allBox.checked; // each row's click re-syncs the header box, so read it once
     for (const box of body.querySelectorAll("input[type=checkbox]")) {
-      if (box.checked !== allBox.checked) box.click();
+      if (box.checked !== wanted) box.click();
     }
   });
   tableKeys(table);
@@ -258,7 +272,7 @@ export async function renderCompletions(view, params) {
   const shown = h("p.shown.muted");
   view.replaceChildren(h("section.pane", { "aria-labelledby": "completions-title" },
     title, filterForm(filters, server.models),
-    h("div.toolbar", { role: "toolbar", "aria-label": "Selection" }, count, deleteButton, clearButton),
+    h("div.toolbar", { role: "toolbar", "aria-label": "Selection" }, count, distillButton, evaluateButton, deleteButton, clearButton),
     status, h("div.table-wrap", table), shown, pager,
     h("p.keys.muted", "Keys: ", h("kbd", "/"), " filter, ", h("kbd", "j"), " ", h("kbd", "k"), " move, ",
       h("kbd", "Enter"), " open, ", h("kbd", "x"), " select.")));
@@ -359,6 +373,7 @@ export async function renderCompletionDetail(view, id, params) {
     content.replaceChildren(errorBox(error));
     return;
   }
+  const acts = can("stored-completions/action");
   const remove = h("button.danger", { type: "button" }, "Delete this completion");
   remove.addEventListener("click", async () => {
     if (!(await confirmDialog("Delete this stored completion?", `${id} and its messages are removed for good.`))) return;
@@ -377,8 +392,8 @@ export async function renderCompletionDetail(view, id, params) {
     h("section", h("h2", `Messages (${messages.length})`), h("ol.messages", messages.map(renderMessage))),
     h("section", h("h2", "Answer"), (completion.choices || []).map(renderChoice)),
     h("section", h("h2", "Parameters"), parameters(completion)),
-    h("section", h("h2", "Metadata"), metadataEditor(completion)),
-    h("section.danger-zone", h("h2", "Delete"), remove),
+    h("section", h("h2", "Metadata"), metadataEditor(completion, acts)),
+    acts ? h("section.danger-zone", h("h2", "Delete"), remove) : null,
     h("details.raw", h("summary", "Raw object"), h("pre", JSON.stringify(completion, null, 2))));
   title.focus();
 }

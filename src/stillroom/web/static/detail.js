@@ -84,9 +84,14 @@ function pairRow(key, val) {
 }
 
 // The update endpoint merges pairs into what is stored (null clears everything), so removing a key takes
-// two writes: clear, then set what is left. Adding and changing pairs is one write.
-export function metadataEditor(completion) {
+// two writes: clear, then set what is left. Adding and changing pairs is one write. A principal that may
+// not change completions sees the pairs, read-only.
+export function metadataEditor(completion, editable = true) {
   let current = { ...(completion.metadata || {}) };
+  if (!editable) {
+    const pairs = Object.entries(current);
+    return pairs.length ? h("dl.summary.metadata", pairs.map(([k, v]) => [h("dt", k), h("dd", v)])) : h("p.muted", "No metadata.");
+  }
   const rows = h("div.pairs", Object.entries(current).map(([k, v]) => pairRow(k, v)));
   const note = h("div", { role: "status" });
   const form = h("form.metadata-editor", { "aria-label": "Edit metadata" },

@@ -88,3 +88,26 @@ export function confirmDialog(title, text, action = "Delete") {
     dialog.querySelector("button.danger").focus();
   });
 }
+
+// A stylesheet the later views need, fetched the first time one of them is shown (not on a cold load).
+export function loadStyles(name) {
+  if (document.querySelector(`link[data-styles="${name}"]`)) return;
+  const link = h("link", { rel: "stylesheet", href: `console/${name}`, dataset: { styles: name } });
+  document.head.append(link);
+}
+
+// Polls `step` every `ms` while `node` stays in the page and `step` answers true (more to come).
+export function poll(node, step, ms = 1500) {
+  const tick = async () => {
+    if (!node.isConnected) return;
+    let again = false;
+    try { again = await step(); } catch { again = true; }
+    if (again && node.isConnected) setTimeout(tick, ms);
+  };
+  return tick();
+}
+
+export function badge(status) {
+  const kind = { succeeded: "ok", completed: "ok", failed: "warn", cancelled: "muted", canceled: "muted" }[status] || "run";
+  return h(`span.badge.status.${kind}`, status);
+}
