@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from stillroom import __version__, cli_evals
+from stillroom import __version__, cli_evals, cli_jobs
 from stillroom.cli_admin import audit_app, completions_app, keys_app, projects_app
 from stillroom.cli_edge import ConfigFile, DatabaseUrl, Debug, database, fail, open_database, parse_pairs, reason
 from stillroom.config import ModelConfig, Settings, load_settings, redact_url, unknown_environment_settings
@@ -39,6 +39,9 @@ app.add_typer(projects_app, name="projects")
 app.add_typer(keys_app, name="keys")
 app.add_typer(completions_app, name="completions")
 app.add_typer(audit_app, name="audit")
+app.add_typer(cli_jobs.jobs_app, name="jobs")
+app.command()(cli_jobs.worker)
+app.command()(cli_jobs.distill)
 
 
 class RedactSecrets(logging.Filter):
@@ -130,6 +133,7 @@ def serve(
         str | None, typer.Option("--allowed-hosts", help="Extra Host names to answer (env STILLROOM_ALLOWED_HOSTS)")
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (costs throughput)")] = False,
+    worker: Annotated[bool, typer.Option(help="Also run a fine-tuning worker, in a process of its own")] = True,
     debug: Debug = False,
 ) -> None:
     """Serve the OpenAI-compatible API (applies pending migrations first)."""
@@ -158,12 +162,15 @@ def serve(
             timeout_graceful_shutdown=10,
         )
     )
+    worker_process = cli_jobs.start_worker_process(settings) if worker else None
     try:
         server.run(sockets=[listener])
     except Exception as exc:  # the CLI edge
         fail(exc, debug)
     finally:
         listener.close()
+        if worker_process is not None:
+            cli_jobs.stop_worker_process(worker_process)
 
 
 @db_app.command("upgrade")
