@@ -55,6 +55,7 @@ def worker(
     from stillroom.evals.worker import start_eval_worker
     from stillroom.store.blobs import LocalFileStorage
     from stillroom.training.runner import LocalTrainer
+    from stillroom.training.upstream import UpstreamRunner
     from stillroom.training.worker import Worker
 
     settings = load_settings_or_fail(debug, database_url=database_url, config=config)
@@ -77,6 +78,7 @@ def worker(
             work_dir=settings.files_dir / ".training",
             lease_seconds=settings.job_lease_seconds,
             stopping=stop,
+            upstream_runner=UpstreamRunner(poll_seconds=settings.upstream_poll_seconds),
         )
         runner.run_forever(stop)
         evals_thread.join(30)

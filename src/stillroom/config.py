@@ -151,6 +151,12 @@ class Settings(BaseSettings):
     training_max_steps: int | None = Field(
         None, gt=0, description="Most optimizer steps any fine-tuning job may run (default: no cap)"
     )
+    upstream_poll_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds between a worker's polls of an upstream fine-tuning job (a base model of an openai or "
+        "azure provider), for its status, events and checkpoints",
+    )
 
     @model_validator(mode="after")
     def _check_oidc(self) -> Settings:

@@ -34,7 +34,7 @@ def _json_body(schema_name: str) -> dict[str, object]:
 @router.post("/fine_tuning/jobs", openapi_extra=_json_body("CreateFineTuningJobRequest"))
 async def create_fine_tuning_job(request: Request, principal: Caller, services: Svc) -> Response:
     body = parse_json_object(await read_body(request, services.settings.max_body_bytes))
-    base_models = [name for name, model in services.registry.models.items() if model.provider == "local"]
+    base_models = list(services.registry.models)  # local models train here, the others upstream
     job = await run_in_threadpool(
         jobs.create_job, services.engine, services.writes, principal.project_id, body, base_models
     )

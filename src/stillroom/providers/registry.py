@@ -1,6 +1,7 @@
 """Model name -> provider, built from the configured model list; names it does not know are passed to
-`resolve` (fine-tuned `ft:` models, registered in the database by whichever worker trained them), and what
-that finds is kept for the life of the process.
+`resolve` (fine-tuned `ft:` models, registered in the database by whichever worker trained them: run here
+by llama.cpp, or, for a job trained upstream, forwarded to its base model's provider under the upstream's
+name), and what that finds is kept for the life of the process.
 
 A fine-tuned model belongs to the project that trained it: asked for by any other project it does not
 exist (404 `model_not_found`, the same answer as an unknown name). `lookup` is the event loop's way in: a
@@ -38,18 +39,22 @@ class ProviderRegistry:
         resolve: Callable[[str], FineTunedModel | None] | None = None,
     ) -> None:
         self.models = {m.name: m for m in models}
+        self._session = session
         self._providers: dict[str, Provider] = {}
         self._resolve = resolve
         self._resolved: dict[str, tuple[FineTunedModel, Provider]] = {}
         self._resolving = asyncio.Lock()  # one miss at a time: a model is resolved (and its provider made) once
         for model in self.models.values():
             model.api_key()  # a missing key variable fails at start-up, not on a request
-            if model.provider == "local":
-                self._providers[model.name] = LocalProvider(model)
-            elif model.provider == "azure":
-                self._providers[model.name] = azure_provider(model, session)
-            else:
-                self._providers[model.name] = openai_provider(model, session)
+            self._providers[model.name] = self._provider(model)
+
+    def _provider(self, model: ModelConfig) -> Provider:
+        """llama.cpp for a local model (a fine-tuned one's student GGUF too), else the model's upstream."""
+        if model.provider == "local":
+            return LocalProvider(model)
+        if model.provider == "azure":
+            return azure_provider(model, self._session)
+        return openai_provider(model, self._session)
 
     def get(self, name: str, project_id: str | None = None) -> tuple[ModelConfig, Provider]:
         """The model and its provider; an `ft:` name is looked up in the database here, blocking (call from a
@@ -61,7 +66,7 @@ class ProviderRegistry:
         if found is None and self._is_fine_tuned(name):
             assert self._resolve is not None
             if (model := self._resolve(name)) is not None:
-                found = self._resolved.setdefault(name, (model, LocalProvider(model.config)))
+                found = self._resolved.setdefault(name, (model, self._provider(model.config)))
         return self._owned(name, found, project_id)
 
     async def lookup(self, name: str, project_id: str | None) -> tuple[ModelConfig, Provider]:
@@ -75,7 +80,7 @@ class ProviderRegistry:
             async with self._resolving:
                 found = self._resolved.get(name)
                 if found is None and (model := await asyncio.to_thread(self._resolve, name)) is not None:
-                    found = self._resolved.setdefault(name, (model, LocalProvider(model.config)))
+                    found = self._resolved.setdefault(name, (model, self._provider(model.config)))
         return self._owned(name, found, project_id)
 
     def _is_fine_tuned(self, name: str) -> bool:

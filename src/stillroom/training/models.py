@@ -1,5 +1,7 @@
 """Fine-tuned models as the gateway serves them: an `ft:` name registered by a succeeded job resolves to its
-student GGUF (a result file), run by llama.cpp like any local model."""
+student GGUF (a result file), run by llama.cpp like any local model; or, for a job trained upstream (its
+base model an `openai` or `azure` entry), to that entry with the upstream's fine-tuned model as
+`upstream_model` (and, for Azure, as the deployment), so its completions go to the same upstream."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from stillroom.store import files as file_store
 from stillroom.store import jobs as store
 from stillroom.store.blobs import FileStorage
 from stillroom.store.db import Engine
+from stillroom.training.held import upstream_state
 from stillroom.training.student import student_model_config
 
 
@@ -24,14 +27,27 @@ def fine_tuned_model_resolver(
         row = store.get_model(engine, name)
         if row is None:
             return None
+        base = base_models.get(row.base_model)
+        if base is not None and base.provider != "local":
+            return _upstream_model(engine, row, base)
         gguf = file_store.get_file(engine, row.project_id, row.gguf_file)
         if gguf is None:  # its file was deleted: the model can no longer be served
             return None
-        base = base_models.get(row.base_model)
         config = student_model_config(name, storage.local_path(gguf.storage_key), n_ctx=base.n_ctx if base else 2048)
         return FineTunedModel(config, row.project_id)
 
     return resolve
+
+
+def _upstream_model(engine: Engine, row: store.ModelRow, base: ModelConfig) -> FineTunedModel | None:
+    job = store.get_job(engine, row.project_id, row.job_id)
+    served = upstream_state(job).get("fine_tuned_model") if job is not None else None
+    if not served:  # its job was deleted: the upstream's name is not known any more
+        return None
+    changes = {"name": row.name, "upstream_model": served}
+    if base.provider == "azure":
+        changes["deployment"] = served
+    return FineTunedModel(base.model_copy(update=changes), row.project_id)
 
 
 def fine_tuned_model_cards(engine: Engine, project_id: str | None = None) -> list[dict[str, Any]]:

@@ -4,7 +4,10 @@ A claim is a lease (`lease_seconds`) that a heartbeat thread renews every third 
 same heartbeat notices a cancel (the API marks the row) or a lost lease, and `should_stop()` then tells the
 trainer to stop at its next step. A worker killed mid-job stops renewing: once the lease has run out another
 worker takes the job over and starts it again, or fails it with `worker_lost` after `max_attempts` runs.
-Heavy libraries are imported only by the runner, inside this process.
+Heavy libraries are imported only by the runner, inside this process. A job whose base model is served by an
+`openai` or `azure` provider goes to the upstream runner instead (`training/upstream.py`), which trains it
+there and follows it while this worker holds the lease; once it has an upstream job, a new worker follows that
+job again (`training/held.py`) however often workers are lost.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from stillroom.store import jobs as store
 from stillroom.store.blobs import FileStorage
 from stillroom.store.db import Engine
 from stillroom.store.projects import Writes, direct_writes
+from stillroom.training.held import HeldJob, is_attached
 from stillroom.training.jobs import fine_tuned_model_name, new_event
 from stillroom.training.overlap import find_overlap
 from stillroom.wire.files import MIN_EXAMPLES, FileFormatError, FineTuneValidator
@@ -59,6 +63,7 @@ class RunContext:
     n_examples: int
     on_event: Callable[[dict[str, Any]], None]
     should_stop: Callable[[], bool]
+    held: HeldJob | None = None  # for the upstream runner: the job's stored upstream state and guarded writes
 
 
 @dataclass
@@ -68,6 +73,7 @@ class RunResult:
     metrics_csv: Path | None = None
     adapter_dir: Path | None = None
     gguf_path: Path | None = None
+    upstream_model: str | None = None  # an upstream job's fine_tuned_model: the `ft:` name routes to it
 
 
 class Runner(Protocol):
@@ -94,6 +100,7 @@ class Worker:
         worker_id: str | None = None,
         writes: Writes | None = None,
         stopping: threading.Event | None = None,
+        upstream_runner: Runner | None = None,
     ) -> None:
         self.engine = engine
         self.writes = writes or direct_writes(engine)
@@ -101,6 +108,7 @@ class Worker:
         self.storage = storage
         self.models = models
         self.runner = runner
+        self.upstream_runner = upstream_runner  # for base models of `openai` and `azure` providers
         self.work_dir = Path(work_dir)
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
@@ -126,7 +134,9 @@ class Worker:
         if takeover:
             log.warning("worker %s takes over %s from %s (lease expired)", self.id, job.id, job.worker_id)
         try:
-            if job.status == "validating_files":
+            if is_attached(job):  # its upstream job goes on wherever its worker went: follow it again
+                self._run(job, takeover)
+            elif job.status == "validating_files":
                 self._validate(job)
             elif takeover and job.status == "running" and job.attempts >= self.max_attempts:
                 message = (
@@ -171,7 +181,7 @@ class Worker:
                 "training_file",
             )
         context = self._context(job, training_path, validation_path, n_examples, lambda _e: None, lambda: False)
-        hyperparameters = self.runner.resolve_hyperparameters(context)
+        hyperparameters = self._runner(context).resolve_hyperparameters(context)
         events = [
             new_event(job.id, f"Validated training file: {n_examples} examples"),
             new_event(job.id, "Job enqueued"),
@@ -211,10 +221,11 @@ class Worker:
     # --- queued -> running -> succeeded ---
 
     def _run(self, job: store.JobRow, takeover: bool) -> None:
+        again = (
+            f"{self.id} follows the upstream job again" if is_attached(job) else f"the job starts again on {self.id}"
+        )
         message = (
-            "Fine-tuning job started"
-            if not takeover
-            else (f"Worker {job.worker_id} stopped sending heartbeats; the job starts again on {self.id}")
+            "Fine-tuning job started" if not takeover else f"Worker {job.worker_id} stopped sending heartbeats; {again}"
         )
         attempts = job.attempts + 1
         if not store.update_held_job(
@@ -244,9 +255,11 @@ class Worker:
             lambda: heartbeat.stopped() or self.stopping.is_set(),
         )
         context.output_dir = output_dir
+        if context.base_model.provider != "local":
+            context.held = HeldJob(self.engine, self.writes, self.id, job)
         with heartbeat:
             try:
-                result = self.runner.run(context)
+                result = self._runner(context).run(context)
             except JobCancelled:
                 self._stopped(job, reporter)
                 return
@@ -265,11 +278,18 @@ class Worker:
         should_stop: Callable[[], bool],
     ) -> RunContext:
         base = self.models.get(job.model)
-        if base is None or base.provider != "local":
-            raise JobFailed("model_not_available", f"Model {job.model!r} is not a local model on this worker.", "model")
+        if base is None or (base.provider != "local" and self.upstream_runner is None):
+            where = "a local model" if self.upstream_runner is None else "a model"
+            raise JobFailed("model_not_available", f"Model {job.model!r} is not {where} on this worker.", "model")
         return RunContext(
             job, base, training_path, validation_path, self.work_dir / job.id, n_examples, on_event, should_stop
         )
+
+    def _runner(self, context: RunContext) -> Runner:
+        if context.base_model.provider == "local":
+            return self.runner
+        assert self.upstream_runner is not None  # _context checked
+        return self.upstream_runner
 
     def _stopped(self, job: store.JobRow, reporter: _Reporter) -> None:
         step = f" at step {reporter.step}" if reporter.step is not None else ""
@@ -297,7 +317,10 @@ class Worker:
         name = fine_tuned_model_name(job.model, job.project_id, job.suffix, job.id)
         registered = self._register_results(job, result)
         gguf = next((row.id for row in registered if row.filename.endswith(".gguf")), None)
-        model = store.ModelRow(name, job.project_id, job.id, job.model, gguf, int(time.time())) if gguf else None
+        if result.upstream_model is not None:
+            gguf = ""  # served upstream: the row names no file, its job's state names the upstream's model
+        made = int(time.time())
+        model = store.ModelRow(name, job.project_id, job.id, job.model, gguf, made) if gguf is not None else None
         finish = store.Finish(
             {
                 "status": "succeeded",
