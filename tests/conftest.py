@@ -78,6 +78,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     return url
 
 
+@pytest.fixture(scope="module")
+def open_db_url(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of its own, on `db_url`'s backend, for a server without a key. Laptop mode (no sign-in) lasts
+    only while no project key exists, and other modules' servers create keys in the shared database."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path_factory.mktemp('open') / 'open.db'}"
+        return
+    name = f"stillroom_open_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A second Stillroom process: the real OpenAI-compatible upstream (bundled SmolLM2, own key)."""

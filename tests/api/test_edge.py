@@ -37,10 +37,10 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(scope="module")
-def open_server(db_url: str, fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def open_server(open_db_url: str, fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """No API key: what `stillroom serve` is out of the box."""
     config = fake_models_config(fake.url, {"fake": ("fake", 5.0)}) + "\n" + UNREACHABLE
-    live = start_server(tmp_path_factory.mktemp("edge"), db_url, config=config, name="edge")
+    live = start_server(tmp_path_factory.mktemp("edge"), open_db_url, config=config, name="edge")
     yield live
     live.stop()
 

@@ -22,9 +22,9 @@ CONFIG = f'[[models]]\nname = "{LOCAL_MODEL}"\nprovider = "local"\n'
 
 
 @pytest.fixture(scope="module")
-def jobs_server(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def jobs_server(open_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("jobs")
-    live = start_server(tmp, db_url, config=CONFIG, env={"STILLROOM_JOB_LEASE_SECONDS": "5"}, name="jobs")
+    live = start_server(tmp, open_db_url, config=CONFIG, env={"STILLROOM_JOB_LEASE_SECONDS": "5"}, name="jobs")
     yield live
     live.stop()
 

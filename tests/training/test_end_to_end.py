@@ -48,13 +48,13 @@ def tiny_config(tiny_gguf: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def pair(db_url: str, tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+def pair(open_db_url: str, tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     tmp = tmp_path_factory.mktemp("e2e")
     env = {"STILLROOM_FILES_DIR": str(tmp / "files"), "STILLROOM_JOB_LEASE_SECONDS": "5"}
     config = tiny_config(tiny_gguf)
-    trainer = start_server(tmp, db_url, config=config, env=env, name="trainer")
+    trainer = start_server(tmp, open_db_url, config=config, env=env, name="trainer")
     try:
-        other = start_server(tmp, db_url, config=config, env=env, name="other", extra_args=("--no-worker",))
+        other = start_server(tmp, open_db_url, config=config, env=env, name="other", extra_args=("--no-worker",))
     except BaseException:
         trainer.stop()
         raise

@@ -62,7 +62,7 @@ def gateway_config(upstream: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def setup(db_url: str, tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreamed]:
+def setup(open_db_url: str, tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreamed]:
     tmp = tmp_path_factory.mktemp("upstreamed")
     upstream = start_server(
         tmp,
@@ -77,7 +77,7 @@ def setup(db_url: str, tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory
     files = {"STILLROOM_FILES_DIR": str(tmp / "gateway-files")}
     try:
         gateway = start_server(
-            tmp, db_url, config=config, env=keys | files, name="gateway", extra_args=("--no-worker",)
+            tmp, open_db_url, config=config, env=keys | files, name="gateway", extra_args=("--no-worker",)
         )
     except BaseException:
         upstream.stop()
