@@ -176,3 +176,42 @@ def test_a_sqlite_lock_held_by_another_process_degrades_then_recovers(tmp_path: 
         blocker.close()
         queue.close()
         engine.dispose()
+
+
+def test_what_one_loop_iteration_hands_over_is_committed_as_one_batch(db_url: str) -> None:
+    """Commits started in the same event-loop iteration reach the writer in one hand-over (one wake-up),
+    so they share one transaction; the loop learns every outcome."""
+    engine = make_engine(db_url)
+    upgrade_database(engine)
+    queue = CommitQueue(engine, batch_size=64)
+    project = f"p-{uuid.uuid4().hex}"
+    records = [record(project) for _ in range(20)]
+
+    async def main() -> None:
+        await asyncio.gather(*(queue.commit(r, WAIT) for r in records))
+
+    try:
+        asyncio.run(main())
+        assert queue.batches == 1 and queue.committed == 20
+        assert all(get_completion(engine, project, r.id) is not None for r in records)
+    finally:
+        queue.close()
+        engine.dispose()
+
+
+def test_close_writes_what_a_loop_handed_over_in_an_iteration_that_has_not_ended(db_url: str) -> None:
+    engine = make_engine(db_url)
+    upgrade_database(engine)
+    queue = CommitQueue(engine)
+    project = f"p-{uuid.uuid4().hex}"
+    kept = record(project)
+
+    async def main() -> None:
+        queue.enqueue(kept)  # handed over, not yet put: the iteration is still running
+        queue.close(WAIT)
+
+    try:
+        asyncio.run(main())
+        assert get_completion(engine, project, kept.id) is not None
+    finally:
+        engine.dispose()

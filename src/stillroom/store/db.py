@@ -89,13 +89,16 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
-def raw_write_transaction(engine: Engine) -> Iterator[Any]:
+def raw_write_transaction(engine: Engine, connection: Any = None) -> Iterator[Any]:
     """A DBAPI cursor in one write transaction, on a pooled connection: for hot paths where SQLAlchemy's
     statement handling would cost more than the database's own work. Raises SQLAlchemy's exception classes
     (IntegrityError, OperationalError...), as the rest of the store does; a connection the database dropped
-    is discarded, not returned to the pool."""
+    is discarded, not returned to the pool. `connection`: one the caller holds (`engine.raw_connection()`)
+    and keeps, instead of a checkout for this transaction alone."""
     dbapi_error = engine.dialect.loaded_dbapi.Error
-    connection = engine.raw_connection()
+    held = connection is not None
+    if connection is None:
+        connection = engine.raw_connection()
     try:
         cursor = connection.cursor()
         try:
@@ -116,7 +119,8 @@ def raw_write_transaction(engine: Engine) -> Iterator[Any]:
             raise
         cursor.close()
     finally:
-        connection.close()
+        if not held:
+            connection.close()
 
 
 def checkpoint_wal(engine: Engine) -> None:

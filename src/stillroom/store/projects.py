@@ -254,6 +254,17 @@ _PROJECT_COLUMNS = tuple(project_values("", "", 0))
 _IN_CHUNK = 256
 
 
+@dataclass(slots=True)
+class Admission:
+    """What `admit_rows` decided for a batch. `refused`: ids of completions that do not fit their project's
+    quota. `pending`: bytes of rows admitted without looking up which of their messages are kept already,
+    per project (the batch fits even if none is): `settle_usage` adds them, with the messages the batch's
+    insert reports as new, once the contents are written."""
+
+    refused: set[str]
+    pending: dict[str, int]
+
+
 def admit_rows(
     cursor: Any,
     placeholder: str,
@@ -261,30 +272,48 @@ def admit_rows(
     rows: list[tuple[str, str, int, list[str]]],
     sizes: Mapping[tuple[str, str], int],
     created: int,
-) -> set[str]:
-    """Which completions of a batch do not fit their project's quota (their ids), with `used_bytes` moved
-    by what the others add. `rows` are (id, project, row bytes, message digests) in batch order; `sizes` the
-    bytes of each (project, digest) the batch would keep. A message already kept costs nothing more."""
+) -> Admission:
+    """Which completions of a batch do not fit their project's quota, with `used_bytes` moved by what the
+    others add. `rows` are (id, project, row bytes, message digests) in batch order; `sizes` the bytes of
+    each (project, digest) the batch would keep. A message already kept costs nothing more. A project
+    whose quota holds the whole batch even with every message new (the usual case) is settled after the
+    insert instead (`Admission.pending`), which saves looking its messages up."""
     p = placeholder
     by_project: dict[str, list[tuple[str, str, int, list[str]]]] = {}
     for row in rows:
         by_project.setdefault(row[1], []).append(row)
-    refused: set[str] = set()
+    admission = Admission(set(), {})
     for project_id, batch in sorted(by_project.items()):
         used, quota = _lock_usage_raw(cursor, p, postgres, project_id, created)
+        row_bytes = sum(row[2] for row in batch)
+        if used + row_bytes + sum(n for (pid, _), n in sizes.items() if pid == project_id) <= quota:
+            admission.pending[project_id] = row_bytes
+            continue
         kept = _kept_digests(cursor, p, project_id, [d for (pid, d) in sizes if pid == project_id])
         start = used
-        for completion_id, _pid, row_bytes, digests in batch:
+        for completion_id, _pid, bytes_, digests in batch:
             new = {d for d in digests if d not in kept}
-            cost = row_bytes + sum(sizes[(project_id, d)] for d in new)
+            cost = bytes_ + sum(sizes[(project_id, d)] for d in new)
             if used + cost > quota:
-                refused.add(completion_id)
+                admission.refused.add(completion_id)
                 continue
             used += cost
             kept |= new
         if used != start:
             cursor.execute(f"UPDATE projects SET used_bytes = {p} WHERE id = {p}", (used, project_id))
-    return refused
+    return admission
+
+
+def settle_usage(
+    cursor: Any, placeholder: str, pending: Mapping[str, int], inserted: Mapping[tuple[str, str], int]
+) -> None:
+    """Add a batch's pending bytes to their projects' usage: its rows', and those of the messages its insert
+    created (`inserted`: bytes by (project, digest)). The projects' rows are locked already."""
+    p = placeholder
+    for project_id, row_bytes in sorted(pending.items()):
+        grown = row_bytes + sum(n for (pid, _), n in inserted.items() if pid == project_id)
+        if grown:
+            cursor.execute(f"UPDATE projects SET used_bytes = used_bytes + {p} WHERE id = {p}", (grown, project_id))
 
 
 def _lock_usage_raw(cursor: Any, p: str, postgres: bool, project_id: str, created: int) -> tuple[int, int]:

@@ -5,8 +5,11 @@ written joins the next one, so durability costs one commit per batch rather than
 other write (a metadata update, a delete, and later job and quota writes) is a function of a Connection
 that the writer runs in a write transaction of its own (`write`, `submit_write`).
 
-Nothing here runs on the event loop: the loop hands a record or a function to the thread (a queue put) and
-is woken once per batch with the outcomes (one `call_soon_threadsafe` per loop and batch). Pool checkout,
+Nothing here runs on the event loop. What a loop hands over during one of its iterations (records, functions)
+is collected in a list and passed to the thread in one queue put when the iteration's callbacks have run
+(`call_soon`), so the thread is woken once per iteration, not once per record, and whatever finished in the
+same iteration is committed together; the loop is woken once per batch with the outcomes (one
+`call_soon_threadsafe` per loop and batch). Pool checkout,
 `BEGIN IMMEDIATE` (which waits while another process holds SQLite's write lock), hashing and serialising
 histories, and the commit itself all happen on the writer thread. SQLite's WAL is checkpointed every
 `CHECKPOINT_EVERY` batches on a thread of its own, never inside a commit.
@@ -49,7 +52,6 @@ log = logging.getLogger("stillroom.store")
 T = TypeVar("T")
 CHECKPOINT_EVERY = 1000  # batches between WAL checkpoints (about 40 MB of WAL at most)
 PROBE_EVERY = 1.0  # seconds between probes while writes are failing and none is queued
-_STOP = object()
 
 
 @dataclass(slots=True)
@@ -84,9 +86,15 @@ class CommitQueue:
         self._failing_since: float | None = None  # monotonic time of the first failure since the last success
         self._busy_since: float | None = None  # monotonic start of the write in progress
         self._since_checkpoint = 0
+        # SQLite: the writer keeps one connection (no checkout per batch, and its page cache stays warm; a
+        # connection that another one wrote behind re-reads every page it touches). A server database
+        # keeps the pool's checkout, whose ping replaces a connection the server dropped while idle.
+        self._holds_connection = engine.dialect.name == "sqlite"
+        self._connection: Any = None
         self._checkpoints = ThreadPoolExecutor(1, thread_name_prefix="stillroom-checkpoint")
         self._checkpoint: Future[None] | None = None
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()  # hand-overs; None: stop
+        self._handed: dict[asyncio.AbstractEventLoop, list[_Item]] = {}  # this loop iteration's, not yet put
         self._thread = threading.Thread(target=self._run, name="stillroom-writer", daemon=True)
         self._thread.start()
 
@@ -96,18 +104,23 @@ class CommitQueue:
         """Return once `record` is committed; raise what storing raised, or TimeoutError."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((record, _LoopWaiter(loop, future)))
+        self._hand_over(loop, (record, _LoopWaiter(loop, future)))
         async with asyncio.timeout(timeout):
             await future
 
     def enqueue(self, record: CompletionRecord) -> None:
         """Store without waiting for the outcome (failures are still logged and counted)."""
-        self._queue.put((record, None))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on a loop: straight to the writer
+            self._queue.put([(record, None)])
+            return
+        self._hand_over(loop, (record, None))
 
     def submit(self, record: CompletionRecord) -> Future[None]:
         """Queue `record` from any thread; the future resolves once it is committed."""
         future: Future[None] = Future()
-        self._queue.put((record, future))
+        self._queue.put([(record, future)])
         return future
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
@@ -115,13 +128,13 @@ class CommitQueue:
         it raises rolls the transaction back and is raised here."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Write(fn, _LoopWaiter(loop, future)))
+        self._hand_over(loop, _Write(fn, _LoopWaiter(loop, future)))
         return await future
 
     def submit_write(self, fn: Callable[[Connection], T]) -> Future[T]:
         """`write` for callers on a thread."""
         future: Future[T] = Future()
-        self._queue.put(_Write(fn, future))
+        self._queue.put([_Write(fn, future)])
         return future
 
     def is_degraded(self) -> bool:
@@ -140,37 +153,58 @@ class CommitQueue:
         }
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write what is queued, then stop."""
-        self._queue.put(_STOP)
+        """Write what is queued (handed over in a loop iteration that has not ended too), then stop."""
+        for loop in list(self._handed):
+            self._put_handed(loop)
+        self._queue.put(None)
         self._thread.join(timeout)
         self._checkpoints.shutdown(wait=True)
         self._run_checkpoint()
 
+    def _hand_over(self, loop: asyncio.AbstractEventLoop, item: _Item) -> None:
+        """On `loop`: add `item` to what this iteration hands over; the first one schedules the put."""
+        handed = self._handed.get(loop)
+        if handed is None:
+            self._handed[loop] = handed = []
+            loop.call_soon(self._put_handed, loop)
+        handed.append(item)
+
+    def _put_handed(self, loop: asyncio.AbstractEventLoop) -> None:
+        handed = self._handed.pop(loop, None)
+        if handed:
+            self._queue.put(handed)
+
     # --- the writer thread ---
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._release_connection()
+
+    def _serve(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=PROBE_EVERY if self._failing_since is not None else None)
+                got = self._queue.get(timeout=PROBE_EVERY if self._failing_since is not None else None)
             except queue.Empty:
                 self._probe()
                 continue
-            items = [item]
-            while item is not _STOP and len(items) < self._batch_size:
+            items: list[_Item] = []
+            while got is not None:
+                items.extend(got)
+                if len(items) >= self._batch_size:
+                    break
                 try:
-                    item = self._queue.get_nowait()
+                    got = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                items.append(item)
-            stop = items[-1] is _STOP
-            if stop:
-                items.pop()
-            self._drain(items)  # type: ignore[arg-type]
-            if stop:
+            self._drain(items)
+            if got is None:
                 return
 
     def _drain(self, items: list[_Item]) -> None:
-        """Write in arrival order: consecutive records as one batch, each function on its own."""
+        """Write in arrival order: consecutive records in batches of at most `batch_size`, each function on
+        its own."""
         batch: list[tuple[CompletionRecord, _Waiter]] = []
         for item in items:
             if isinstance(item, _Write):
@@ -178,8 +212,11 @@ class CommitQueue:
                     self._save(batch)
                     batch = []
                 self._run_write(item)
-            else:
-                batch.append(item)
+                continue
+            batch.append(item)
+            if len(batch) == self._batch_size:
+                self._save(batch)
+                batch = []
         if batch:
             self._save(batch)
 
@@ -197,10 +234,11 @@ class CommitQueue:
     ) -> None:
         self._busy_since = time.monotonic()
         try:
-            refused = save_completions(self._engine, [record for record, _ in batch])
+            refused = save_completions(self._engine, [record for record, _ in batch], self._held_connection())
         except Exception as exc:  # the edge of the writer: classify, count, report to each caller
             self._busy_since = None
             if not _is_data_error(exc):
+                self._release_connection()  # the next batch starts on a fresh one
                 self._failing(exc, f"storing completions failed ({len(batch)} in this batch)")
                 self.failed += len(batch)
                 outcomes.extend((waiter, None, exc) for _, waiter in batch)
@@ -221,6 +259,17 @@ class CommitQueue:
                 outcomes.append((waiter, None, QuotaExceededError(f"project {record.project_id!r} is at its quota")))
             else:
                 outcomes.append((waiter, None, None))
+
+    def _held_connection(self) -> Any:
+        if self._holds_connection and self._connection is None:
+            self._connection = self._engine.raw_connection()
+        return self._connection
+
+    def _release_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # the edge of the writer: a broken connection is dropped
+                connection.close()
 
     def _run_write(self, item: _Write) -> None:
         self._busy_since = time.monotonic()
