@@ -1,6 +1,6 @@
 """A worker: claims jobs from the database, validates their files, runs them, and reports through events.
 
-A claim is a lease (`lease_seconds`) that a heartbeat thread renews every third of it while the job runs; the
+A claim is a lease (`lease_seconds`) that a heartbeat thread (`training/lease.py`) renews while the job runs; the
 same heartbeat notices a cancel (the API marks the row) or a lost lease, and `should_stop()` then tells the
 trainer to stop at its next step. A worker killed mid-job stops renewing: once the lease has run out another
 worker takes the job over and starts it again, or fails it with `worker_lost` after `max_attempts` runs.
@@ -18,7 +18,6 @@ import shutil
 import socket
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ from typing import Any, Protocol
 
 from stillroom.config import ModelConfig
 from stillroom.errors import QuotaExceededError
-from stillroom.files import register_result_file
 from stillroom.store import files as file_store
 from stillroom.store import jobs as store
 from stillroom.store.blobs import FileStorage
@@ -34,7 +32,9 @@ from stillroom.store.db import Engine
 from stillroom.store.projects import Writes, direct_writes
 from stillroom.training.held import HeldJob, is_attached
 from stillroom.training.jobs import fine_tuned_model_name, new_event
+from stillroom.training.lease import EventReporter, LeaseKeeper
 from stillroom.training.overlap import find_overlap
+from stillroom.training.results import keep_result_files, remove_files, zip_adapter
 from stillroom.wire.files import MIN_EXAMPLES, FileFormatError, FineTuneValidator
 from stillroom.wire.ids import new_sortable_id
 
@@ -158,6 +158,9 @@ class Worker:
             )
         return True
 
+    def _lease(self, job_id: str) -> LeaseKeeper:
+        return LeaseKeeper(self.writes, self.id, job_id, self.lease_seconds)
+
     def _finish(self, job: store.JobRow, values: dict[str, Any], message: str, level: str = "info") -> bool:
         finish = store.Finish(
             {**values, "finished_at": int(time.time()), "estimated_finish": None},
@@ -168,7 +171,7 @@ class Worker:
     # --- validating_files -> queued ---
 
     def _validate(self, job: store.JobRow) -> None:
-        with _Heartbeat(self, job.id):  # a long file keeps the lease alive while it is read
+        with self._lease(job.id):  # a long file keeps the lease alive while it is read
             training_path, n_examples = self._check_file(job, job.training_file, "training_file")
             validation_path = None
             if job.validation_file is not None:
@@ -244,8 +247,8 @@ class Worker:
         validation_path = None
         if job.validation_file is not None:
             validation_path, _ = self._check_file(job, job.validation_file, "validation_file")
-        heartbeat = _Heartbeat(self, job.id)
-        reporter = _Reporter(self, job)
+        heartbeat = self._lease(job.id)
+        reporter = EventReporter(self.writes, self.id, job)
         context = self._context(
             job,
             training_path,
@@ -291,7 +294,7 @@ class Worker:
         assert self.upstream_runner is not None  # _context checked
         return self.upstream_runner
 
-    def _stopped(self, job: store.JobRow, reporter: _Reporter) -> None:
+    def _stopped(self, job: store.JobRow, reporter: EventReporter) -> None:
         step = f" at step {reporter.step}" if reporter.step is not None else ""
         current = store.get_job(self.engine, None, job.id)
         if current is not None and current.status == "cancelled":
@@ -338,115 +341,19 @@ class Worker:
             model,
         )
         if not store.finish_held_job(self.writes, job.id, self.id, finish):  # cancelled at the last moment
-            for row in registered:
-                file_store.delete_file(self.writes, job.project_id, row.id)
-                self.storage.delete(row.storage_key)
+            remove_files(self.writes, self.storage, job.project_id, (row.id for row in registered))
         shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
 
     def _register_results(self, job: store.JobRow, result: RunResult) -> list[file_store.FileRow]:
-        rows: list[file_store.FileRow] = []
-        try:
-            self._add_results(job, result, rows)
-        except QuotaExceededError as exc:  # keep none of them: the job fails, saying why
-            for row in rows:
-                file_store.delete_file(self.writes, job.project_id, row.id)
-                self.storage.delete(row.storage_key)
-            raise JobFailed("quota_exceeded", f"The job's result files were not kept: {exc.message}") from None
-        return rows
-
-    def _add_results(self, job: store.JobRow, result: RunResult, rows: list[file_store.FileRow]) -> None:
+        sources: list[tuple[Path, str]] = []
         if result.metrics_csv is not None:
-            rows.append(
-                register_result_file(
-                    self.writes, self.storage, job.project_id, result.metrics_csv, f"{job.id}-step_metrics.csv"
-                )
-            )
+            sources.append((result.metrics_csv, f"{job.id}-step_metrics.csv"))
         if result.adapter_dir is not None:
-            archive = self.work_dir / job.id / "adapter.zip"
-            with zipfile.ZipFile(archive, "w") as zipped:
-                for path in sorted(result.adapter_dir.rglob("*")):
-                    if path.is_file():
-                        zipped.write(path, path.relative_to(result.adapter_dir))
-            rows.append(
-                register_result_file(self.writes, self.storage, job.project_id, archive, f"{job.id}-adapter.zip")
-            )
+            archive = zip_adapter(result.adapter_dir, self.work_dir / job.id / "adapter.zip")
+            sources.append((archive, f"{job.id}-adapter.zip"))
         if result.gguf_path is not None:
-            rows.append(
-                register_result_file(self.writes, self.storage, job.project_id, result.gguf_path, f"{job.id}.gguf")
-            )
-
-
-class _Heartbeat:
-    """Renews the lease every third of it; `stopped()` turns true once the job is cancelled or lost."""
-
-    def __init__(self, worker: Worker, job_id: str) -> None:
-        self._worker = worker
-        self._job_id = job_id
-        self._stop = threading.Event()
-        self._lost = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def stopped(self) -> bool:
-        return self._lost.is_set()
-
-    def _beat(self) -> None:
-        interval = min(self._worker.lease_seconds / 3, 2.0)
-        while not self._stop.wait(interval):
-            try:
-                held = store.renew_lease(
-                    self._worker.writes,
-                    self._job_id,
-                    self._worker.id,
-                    lease_seconds=self._worker.lease_seconds,
-                    now=time.time(),
-                )
-            except Exception as exc:  # the heartbeat thread's edge: a missed beat is retried
-                log.warning("heartbeat for %s failed: %s", self._job_id, exc)
-                continue
-            if not held:
-                self._lost.set()
-                return
-
-
-class _Reporter:
-    """Turns the trainer's events into job events and checkpoints."""
-
-    def __init__(self, worker: Worker, job: store.JobRow) -> None:
-        self._worker = worker
-        self._job = job
-        self.step: int | None = None
-
-    def on_event(self, event: dict[str, Any]) -> None:
-        w, job = self._worker, self._job
-        if event.get("type") == "checkpoint":
-            step = int(event["step_number"])
-            name = fine_tuned_model_name(job.model, job.project_id, job.suffix, job.id) + f":ckpt-step-{step}"
-            checkpoint = store.CheckpointRow(
-                new_sortable_id("ftckpt_"), job.id, int(time.time()), step, dict(event.get("metrics") or {}), name
-            )
-            store.add_held_checkpoint(
-                w.writes, w.id, checkpoint, new_event(job.id, f"Checkpoint created at step {step}")
-            )
-            return
-        data = event.get("data")
-        values: dict[str, Any] = {}
-        if data:
-            self.step = data.get("step", self.step)
-            if data.get("eta_seconds") is not None:
-                values["estimated_finish"] = int(time.time() + float(data["eta_seconds"]))
-        row = new_event(
-            job.id,
-            str(event.get("message") or ""),
-            level=str(event.get("level") or "info"),
-            type_=str(event.get("type") or "message"),
-            data=data,
-        )
-        store.update_held_job(w.writes, job.id, w.id, values, [row])
+            sources.append((result.gguf_path, f"{job.id}.gguf"))
+        try:
+            return keep_result_files(self.writes, self.storage, job.project_id, sources)
+        except QuotaExceededError as exc:  # none of them kept: the job fails, saying why
+            raise JobFailed("quota_exceeded", f"The job's result files were not kept: {exc.message}") from None
