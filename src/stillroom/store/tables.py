@@ -216,6 +216,7 @@ fine_tuning_checkpoints = Table(
     Column("step_number", BigInteger, nullable=False),
     Column("metrics", Text, nullable=False),  # JSON
     Column("fine_tuned_model_checkpoint", String(256), nullable=False),
+    Column("result_files", Text, nullable=False, server_default="[]"),  # JSON list: its zipped adapter's file id
     Index("ix_fine_tuning_checkpoints_job_id", "job_id", "id"),
 )
 
