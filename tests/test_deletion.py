@@ -121,6 +121,10 @@ def test_bulk_delete_by_metadata_with_a_dry_run_first(client: TestClient) -> Non
     assert done["deleted"] == 3
     left = [c["id"] for c in client.get("/v1/chat/completions", headers=key).json()["data"]]
     assert left == keep and not set(erase) & set(left)
+    # A deleted id still works as a cursor: its place in the commit order is kept (a tombstone).
+    after = client.get("/v1/chat/completions", params={"after": erase[1], "order": "asc"}, headers=key)
+    assert after.status_code == 200
+    assert [c["id"] for c in after.json()["data"]] == keep
 
 
 def test_retention_sweep_with_a_frozen_clock(client: TestClient) -> None:
@@ -136,6 +140,9 @@ def test_retention_sweep_with_a_frozen_clock(client: TestClient) -> None:
     assert swept >= 3  # other tests' projects have no retention, so only these (bounded batches of 2)
     assert client.get("/v1/chat/completions", headers=key).json()["data"] == []
     assert all(client.get(f"/v1/chat/completions/{cid}", headers=key).status_code == 404 for cid in ids)
+    for cid in ids:  # swept ids still work as cursors
+        after = client.get("/v1/chat/completions", params={"after": cid}, headers=key)
+        assert (after.status_code, after.json()["data"]) == (200, [])
     usage = client.get(f"/v1/organization/projects/{project_id}", headers=ADMIN).json()["usage_bytes"]
     assert usage == 0
 
