@@ -8,7 +8,7 @@ Stillroom process serving the bundled SmolLM2 model; the gateway under test reac
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import openai
 import psycopg
@@ -23,6 +23,7 @@ LOCAL_MODEL = "smollm2-135m-instruct"
 GATEWAY_KEY = "sk-test-gateway-0123456789"
 UPSTREAM_KEY = "sk-test-upstream-planted-secret-9876"
 AZURE_API_VERSION = "2025-02-01-preview"
+NewDatabase = Callable[[str], str]  # the new_database fixture: an empty database on the backend of a URL
 
 
 def gateway_config(upstream_url: str) -> str:
@@ -78,19 +79,31 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     return url
 
 
+@pytest.fixture(scope="session")
+def new_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NewDatabase]:
+    """Make an empty database on the backend of a given URL (dropped at the end of the session)."""
+    made: list[str] = []
+
+    def make(like_url: str) -> str:
+        if like_url.startswith("sqlite"):
+            return f"sqlite:///{tmp_path_factory.mktemp('own') / 'own.db'}"
+        name = f"stillroom_own_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+    yield make
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        for name in made:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="module")
-def open_db_url(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def open_db_url(db_url: str, new_database: NewDatabase) -> str:
     """A database of its own, on `db_url`'s backend, for a server without a key. Laptop mode (no sign-in) lasts
     only while no project key exists, and other modules' servers create keys in the shared database."""
-    if db_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path_factory.mktemp('open') / 'open.db'}"
-        return
-    name = f"stillroom_open_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return new_database(db_url)
 
 
 @pytest.fixture(scope="session")

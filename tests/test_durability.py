@@ -20,22 +20,15 @@ from sqlalchemy import select, text
 
 from stillroom.store.db import make_engine
 from stillroom.store.tables import completions
-from tests.conftest import LOCAL_MODEL, PG_ADMIN
+from tests.conftest import LOCAL_MODEL, PG_ADMIN, NewDatabase
 from tests.envelope import assert_openai_error
 from tests.live import FakeUpstream, LiveServer, fake_models_config, start_fake_upstream, start_server
 
 FAKE_MODELS: dict[str, tuple[str, float | None]] = {"fake": ("fake", None), "hold": ("hold", None)}
 
 
-def _unique_db(db_url: str, tmp_path: Path) -> str:
-    """A fresh database for a server that this test kills or breaks."""
-    if db_url.startswith("sqlite"):
-        return f"sqlite:///{tmp_path / 'victim.db'}"
-    return db_url  # the shared PostgreSQL test database; rows are told apart by a unique tag
-
-
-def test_sigkill_loses_no_acknowledged_completion(db_url: str, tmp_path: Path) -> None:
-    url = _unique_db(db_url, tmp_path)
+def test_sigkill_loses_no_acknowledged_completion(db_url: str, new_database: NewDatabase, tmp_path: Path) -> None:
+    url = new_database(db_url)  # a server without a key needs a database without project keys
     server = start_server(tmp_path, url, name="victim")
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     tag = uuid.uuid4().hex
@@ -70,8 +63,8 @@ def test_sigkill_loses_no_acknowledged_completion(db_url: str, tmp_path: Path) -
     assert stored == set(acknowledged)
 
 
-def test_failed_store_still_answers_and_says_so(db_url: str, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'broken.db'}" if db_url.startswith("sqlite") else db_url
+def test_failed_store_still_answers_and_says_so(db_url: str, new_database: NewDatabase, tmp_path: Path) -> None:
+    url = new_database(db_url)
     server = start_server(tmp_path, url, env={"STILLROOM_STORE_TIMEOUT": "5"}, name="fragile")
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     body = {"model": LOCAL_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "store": True}
@@ -115,19 +108,9 @@ def fake_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpst
 
 
 @pytest.fixture
-def own_database(db_url: str, tmp_path: Path) -> Iterator[str]:
+def own_database(db_url: str, new_database: NewDatabase) -> str:
     """A database of the session's backend for one server that the test takes away."""
-    if db_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'away.db'}"
-        return
-    name = f"stillroom_away_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return new_database(db_url)
 
 
 class Outage:
@@ -249,11 +232,11 @@ def test_a_database_that_goes_away_mid_load_is_reported_and_storing_resumes(
 
 
 def test_a_stream_that_ends_after_a_short_call_is_seen_by_a_consumer_paging_with_after(
-    db_url: str, fake_upstream: FakeUpstream, tmp_path: Path
+    db_url: str, new_database: NewDatabase, fake_upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     """The stream's id is minted when it starts, before the short call's; it is committed when it ends,
     after. A consumer that already paged past the short call must still see the stream, and each once."""
-    url = f"sqlite:///{tmp_path / 'cursor.db'}" if db_url.startswith("sqlite") else db_url
+    url = new_database(db_url)
     server = start_server(tmp_path, url, config=fake_models_config(fake_upstream.url, FAKE_MODELS), name="cursor")
     tag = uuid.uuid4().hex
     prompt = [{"role": "user", "content": "Tell me a long story."}]

@@ -10,11 +10,13 @@ from sqlalchemy import Engine
 
 from stillroom.store.db import make_engine
 from stillroom.store.migrate import upgrade_database
+from tests.conftest import NewDatabase
 
 
 @pytest.fixture(scope="session")
-def eval_engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
+def eval_engine(db_url: str, new_database: NewDatabase) -> Iterator[Engine]:
+    """A database of its own: the run worker claims any queued run, and other modules leave some queued."""
+    engine = make_engine(new_database(db_url))
     upgrade_database(engine)
     yield engine
     engine.dispose()

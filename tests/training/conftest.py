@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from stillroom.config import ModelConfig
+from tests.conftest import NewDatabase
 
 TINY = {
     "vocab_size": 4096,
@@ -126,3 +127,16 @@ def planted_file(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path
         return write_jsonl(folder / f"planted-{n}-{offset}.jsonl", planted_examples(n, offset))
 
     return make
+
+
+@pytest.fixture(scope="module")
+def db_url(db_url: str, new_database: NewDatabase) -> str:
+    """Each module of job tests gets a database of its own on the session's backend: a worker claims any queued
+    job, and other modules leave some queued (or keys that end laptop mode)."""
+    return new_database(db_url)
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres_url: str, new_database: NewDatabase) -> str:
+    """The same for tests that need PostgreSQL whatever the session's backend."""
+    return new_database(postgres_url)
