@@ -51,6 +51,7 @@ def worker(
 ) -> None:
     """Run fine-tuning jobs and eval runs from the database until stopped (SIGTERM or Ctrl-C re-queue the
     running job)."""
+    _silence_library_progress_bars()
     from stillroom.cli import _configure_logging
     from stillroom.evals.worker import start_eval_worker
     from stillroom.store.blobs import LocalFileStorage
@@ -82,6 +83,14 @@ def worker(
         )
         runner.run_forever(stop)
         evals_thread.join(30)
+
+
+def _silence_library_progress_bars() -> None:
+    """In this (the worker's) process only: the libraries' progress bars (transformers' "Converting and
+    de-quantizing GGUF tensors", hub downloads) would go to stderr; a job's progress goes out as its events.
+    tqdm reads TQDM_DISABLE when it is imported, which is later than this (the runner imports the trainer)."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 
 def _watch_parent(parent_pid: int, stop: threading.Event) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import time
 import uuid
 import zipfile
@@ -88,6 +89,7 @@ def test_a_job_trains_for_real_and_its_model_answers_on_another_server(pair: Pai
             what="the job ending",
         )
         assert done.status == "succeeded", (done.error, pair.trainer.log()[-3000:])
+        assert "de-quantizing" not in pair.trainer.log()  # library progress bars stay out of serve's output
         assert done.fine_tuned_model == f"ft:{TINY}:default:colours:{job.id}"
         assert done.trained_tokens and done.trained_tokens > 0
         assert done.hyperparameters.n_epochs == 2 and done.hyperparameters.batch_size == 4
@@ -103,6 +105,11 @@ def test_a_job_trains_for_real_and_its_model_answers_on_another_server(pair: Pai
         assert {c.fine_tuned_model_checkpoint for c in checkpoints} == {
             f"{done.fine_tuned_model}:ckpt-step-{n}" for n in (3, 6)
         }
+        for checkpoint in checkpoints:  # each one's adapter, downloadable (Stillroom's `result_files` on it)
+            (adapter_file,) = checkpoint.result_files  # type: ignore[attr-defined]
+            assert sdk.files.retrieve(adapter_file).purpose == "fine-tune-results"
+            with zipfile.ZipFile(io.BytesIO(other.files.content(adapter_file).content)) as zipped:
+                assert {"adapter_config.json", "adapter_model.safetensors"} <= set(zipped.namelist())
 
         files = {sdk.files.retrieve(f).filename: f for f in done.result_files}
         assert set(files) == {f"{job.id}-step_metrics.csv", f"{job.id}-adapter.zip", f"{job.id}.gguf"}
@@ -122,8 +129,38 @@ def test_a_job_trains_for_real_and_its_model_answers_on_another_server(pair: Pai
         assert answer.model == done.fine_tuned_model
         assert answer.choices[0].message.content is not None and answer.usage is not None
         assert answer.usage.completion_tokens > 0
+        with pytest.raises(openai.NotFoundError) as refused:  # checkpoints are downloadable, not served
+            other.chat.completions.create(
+                model=checkpoints[0].fine_tuned_model_checkpoint, messages=[{"role": "user", "content": "Hi"}]
+            )
+        assert refused.value.code == "model_not_found"
 
     _another_project_cannot_see_or_use(pair.other, done.fine_tuned_model)
+
+
+def _worker_children(pid: int) -> list[int]:
+    """The `stillroom worker` processes whose parent is `pid` (from /proc: Linux)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+        if parent == pid and b"worker" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_the_worker_serve_starts_runs_niced_below_the_gateway(pair: Pair) -> None:
+    (worker,) = wait_for(lambda: _worker_children(pair.trainer.process.pid), timeout=30, what="serve's worker")
+    gateway = os.getpriority(os.PRIO_PROCESS, pair.trainer.process.pid)
+    if gateway > 9:
+        pytest.skip(f"the tests run at nice {gateway}: a worker 10 below it is past the lowest priority (19)")
+    niced = gateway + 10  # training yields the CPU to requests (bench/train_interference.py)
+    wait_for(lambda: os.getpriority(os.PRIO_PROCESS, worker) == niced, timeout=30, what="the worker niced")
+    assert os.getpriority(os.PRIO_PROCESS, pair.trainer.process.pid) == gateway  # the gateway itself is not
+    assert _worker_children(pair.other.process.pid) == []  # --no-worker
 
 
 def _another_project_cannot_see_or_use(server: LiveServer, model: str) -> None:

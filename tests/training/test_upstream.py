@@ -141,6 +141,23 @@ def _messages(sdk: openai.OpenAI, job_id: str) -> list[str]:
     return [e.message for e in sdk.fine_tuning.jobs.list_events(job_id, limit=100)]
 
 
+def _kill_workers(setup: Upstreamed) -> None:
+    for process, _ in setup.workers:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _assert_copies_deleted(setup: Upstreamed, upstream_job: Any) -> None:
+    """The upstream's copies of the job's files are gone (deleted by the gateway's worker)."""
+    copies = [f for f in (upstream_job.training_file, upstream_job.validation_file) if f]
+    assert copies
+    with _upstream(setup) as upstream:
+        for file_id in copies:
+            with pytest.raises(openai.NotFoundError):
+                upstream.files.retrieve(file_id)
+
+
 def test_a_job_trains_upstream_mirrors_its_progress_and_its_model_answers_through_the_gateway(
     setup: Upstreamed, tmp_path: Path
 ) -> None:
@@ -164,6 +181,9 @@ def test_a_job_trains_upstream_mirrors_its_progress_and_its_model_answers_throug
         assert f"Created upstream fine-tuning job {upstream_job.id} on {host}" in messages
         assert f"New fine-tuned model created: {upstream_job.fine_tuned_model}" in messages  # the upstream's event
         assert f"Upstream model: {upstream_job.fine_tuned_model}" in messages
+        deleted = f"Deleted the upstream copies of the job's files on {host}: {upstream_job.training_file}, "
+        assert any(m.startswith(deleted) for m in messages)
+        _assert_copies_deleted(setup, upstream_job)  # the upstream job ended: its training files went
 
         checkpoints = sdk.fine_tuning.jobs.checkpoints.list(job.id).data
         assert sorted(c.step_number for c in checkpoints) == [3, 6]
@@ -214,6 +234,27 @@ def test_a_cancel_is_forwarded_to_the_upstream_job(setup: Upstreamed, tmp_path: 
         )
         wait_for(lambda: f"Cancelled upstream job {upstream_job.id}" in _messages(sdk, job.id), what="the event")
         assert sdk.fine_tuning.jobs.retrieve(job.id).fine_tuned_model is None
+        wait_for(lambda: any(m.startswith("Deleted the upstream copies") for m in _messages(sdk, job.id)), what="rm")
+        _assert_copies_deleted(setup, upstream_job)
+
+
+def test_a_job_cancelled_while_no_worker_follows_it_is_cancelled_upstream_by_the_next_worker(
+    setup: Upstreamed, tmp_path: Path
+) -> None:
+    with _gateway(setup) as sdk:
+        job = _create(sdk, tmp_path, "tiny-remote", epochs=50)
+        (upstream_job,) = wait_for(lambda: _upstream_jobs(setup, job.id), what="the upstream job")
+        _kill_workers(setup)
+        assert sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+        assert _upstream_jobs(setup, job.id)[0].status not in TERMINAL  # the API only marked the row
+        setup.start_worker()
+        wait_for(
+            lambda: [j for j in _upstream_jobs(setup, job.id) if j.status == "cancelled"], what="the upstream cancel"
+        )
+        wait_for(lambda: any(m.startswith("Deleted the upstream copies") for m in _messages(sdk, job.id)), what="rm")
+        assert f"Cancelled upstream job {upstream_job.id}" in _messages(sdk, job.id)
+        _assert_copies_deleted(setup, upstream_job)
+        assert sdk.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
 
 
 def test_a_job_whose_upstream_refuses_the_key_fails_saying_so(setup: Upstreamed, tmp_path: Path) -> None:
@@ -230,10 +271,7 @@ def test_a_lost_worker_s_upstream_job_is_followed_by_the_next_never_created_twic
     with _gateway(setup) as sdk:
         job = _create(sdk, tmp_path, "tiny-remote", epochs=6, validation=False)
         wait_for(lambda: _upstream_jobs(setup, job.id), what="the upstream job")
-        for process, _ in setup.workers:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        _kill_workers(setup)
         setup.start_worker()
         done = _ended(sdk, job.id)
         assert done.status == "succeeded", (done.error, setup.logs()[-4000:])

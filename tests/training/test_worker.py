@@ -32,13 +32,19 @@ MODELS = {BASE: ModelConfig(name=BASE, provider="local")}
 
 
 class FakeTrainer:
-    """Stands in for the trainer: `steps` steps of `step_seconds`, a checkpoint at the end, result files."""
+    """Stands in for the trainer: `steps` steps of `step_seconds`, a checkpoint (a PEFT-like adapter folder of
+    `checkpoint_bytes`) after each step in `checkpoints` and at the end, result files."""
 
-    def __init__(self, steps: int = 3, step_seconds: float = 0.0) -> None:
+    def __init__(
+        self, steps: int = 3, step_seconds: float = 0.0, checkpoints: tuple[int, ...] = (), checkpoint_bytes: int = 64
+    ) -> None:
         self.steps = steps
         self.step_seconds = step_seconds
+        self.checkpoints = set(checkpoints) | {steps}
+        self.checkpoint_bytes = checkpoint_bytes
         self.runs: list[str] = []
         self.started = threading.Event()
+        self.checkpointed = threading.Event()
 
     def resolve_hyperparameters(self, context: RunContext) -> dict[str, Any]:
         asked = context.job.method["supervised"]["hyperparameters"]
@@ -67,14 +73,8 @@ class FakeTrainer:
                     },
                 }
             )
-        context.on_event(
-            {
-                "type": "checkpoint",
-                "step_number": self.steps,
-                "metrics": {"step": self.steps, "train_loss": 0.5},
-                "path": context.output_dir,
-            }
-        )
+            if step in self.checkpoints:
+                self._checkpoint(context, step)
         csv = context.output_dir / "metrics.csv"
         csv.write_text("step,train_loss\n1,2.0\n")
         adapter = context.output_dir / "adapter"
@@ -85,6 +85,15 @@ class FakeTrainer:
         return RunResult(
             context.job.hyperparameters or {}, trained_tokens=123, metrics_csv=csv, adapter_dir=adapter, gguf_path=gguf
         )
+
+    def _checkpoint(self, context: RunContext, step: int) -> None:
+        folder = context.output_dir / "checkpoints" / f"step-{step}"
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text('{"r": 16}')
+        (folder / "adapter_model.safetensors").write_bytes(bytes(self.checkpoint_bytes))
+        metrics = {"step": step, "train_loss": 2.0 / step}
+        context.on_event({"type": "checkpoint", "step_number": step, "metrics": metrics, "path": folder})
+        self.checkpointed.set()
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The Files and fine-tuning endpoints of an `openai` or `azure` upstream, as the worker that runs upstream
-fine-tuning jobs calls them (`training/upstream.py`): upload a file, create, find, retrieve and cancel a job,
-page its events and checkpoints, download a result file.
+fine-tuning jobs calls them (`training/upstream.py`): upload and delete a file, create, find, retrieve and
+cancel a job, page its events and checkpoints, download a result file.
 
 URLs follow the SDKs: `{base_url}/files`, `{base_url}/fine_tuning/jobs…` for `openai`; for `azure`,
 `{endpoint}/openai/files…` and `{endpoint}/openai/fine_tuning/jobs…` with `?api-version=` on every request.
@@ -121,6 +121,9 @@ class UpstreamJobs:
     async def retrieve_file(self, file_id: str) -> dict[str, Any]:
         found: dict[str, Any] = await self._call("GET", f"/files/{file_id}")
         return found
+
+    async def delete_file(self, file_id: str) -> None:
+        await self._call("DELETE", f"/files/{file_id}")
 
     async def download_file(self, file_id: str, target: Path) -> None:
         """`GET /files/{id}/content`, streamed to `target`."""

@@ -5,6 +5,12 @@ Claims: PostgreSQL picks a row with `FOR UPDATE SKIP LOCKED`, so workers never w
 runs the whole claim in one `BEGIN IMMEDIATE` transaction, and the UPDATE repeats the claimability test, so the
 row count says whether this worker won it. Every later write by a worker names it (`worker_id = me`) and an
 active status, so a worker whose lease was taken over, or whose job was cancelled, changes nothing.
+
+Winding down: a job cancelled after a worker took it up (a run may have left checkpoint files, or an upstream
+job) keeps a lease: its holder's, or an expired one (0) when no worker held it. The holder winds it down when
+it notices the cancel; otherwise, once that lease has run out, any worker claims the wind-down
+(`claim_wind_down`), does it and ends it (`end_wind_down`: no worker, no lease). A job cancelled before any
+worker ran it has nothing to wind down and no lease.
 """
 
 from __future__ import annotations
@@ -14,7 +20,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from stillroom.store.projects import Writes
 from stillroom.store.tables import (
@@ -74,6 +93,7 @@ class CheckpointRow:
     step_number: int
     metrics: dict[str, Any]
     fine_tuned_model_checkpoint: str
+    result_files: list[str] = field(default_factory=list)  # its zipped adapter (purpose fine-tune-results)
 
 
 @dataclass(slots=True)
@@ -154,12 +174,14 @@ def cancel_job(writes: Writes, project_id: str, job_id: str, now: int, event: Ev
     """Mark an unfinished job cancelled (its worker notices at its next heartbeat); a finished one is returned
     unchanged. None when there is no such job."""
     j = fine_tuning_jobs.c
+    ran = or_(j.attempts > 0, j.worker_id.is_not(None))  # something may be left to wind down (module docstring)
+    lease = case((ran, func.coalesce(j.lease_expires_at, 0.0)), else_=None)
 
     def run(conn: Connection) -> JobRow | None:
         changed = conn.execute(
             update(fine_tuning_jobs)
             .where(j.project_id == project_id, j.id == job_id, j.status.in_(ACTIVE))
-            .values(status="cancelled", finished_at=now, estimated_finish=None)
+            .values(status="cancelled", finished_at=now, estimated_finish=None, lease_expires_at=lease)
         ).rowcount
         if changed:
             _add_events(conn, [event])
@@ -206,15 +228,52 @@ def list_events(engine: Engine, job_id: str, *, after: str | None, limit: int) -
 def list_checkpoints(engine: Engine, job_id: str, *, after: str | None, limit: int) -> tuple[list[CheckpointRow], bool]:
     """Newest first."""
     c = fine_tuning_checkpoints.c
-    stmt = select(c.id, c.job_id, c.created_at, c.step_number, c.metrics, c.fine_tuned_model_checkpoint).where(
-        c.job_id == job_id
-    )
+    stmt = select(
+        c.id, c.job_id, c.created_at, c.step_number, c.metrics, c.fine_tuned_model_checkpoint, c.result_files
+    ).where(c.job_id == job_id)
     if after is not None:
         stmt = stmt.where(c.id < after)
     with engine.connect() as conn:
         rows = conn.execute(stmt.order_by(c.id.desc()).limit(limit + 1)).all()
-    found = [CheckpointRow(r.id, r.job_id, r.created_at, r.step_number, orjson.loads(r.metrics), r[5]) for r in rows]
+    found = [
+        CheckpointRow(r.id, r.job_id, r.created_at, r.step_number, orjson.loads(r.metrics), r[5], orjson.loads(r[6]))
+        for r in rows
+    ]
     return found[:limit], len(found) > limit
+
+
+def _checkpoint_files(conn: Connection, job_id: str) -> list[str]:
+    c = fine_tuning_checkpoints.c
+    rows = conn.execute(select(c.result_files).where(c.job_id == job_id, c.result_files != "[]")).scalars()
+    return [file_id for files in rows for file_id in orjson.loads(files)]
+
+
+def clear_checkpoint_files(writes: Writes, job_id: str) -> list[str]:
+    """Unlink the job's checkpoints from their files (the caller deletes them) and return those file ids; the
+    checkpoints and their metrics stay."""
+    c = fine_tuning_checkpoints.c
+
+    def run(conn: Connection) -> list[str]:
+        found = _checkpoint_files(conn, job_id)
+        if found:
+            conn.execute(update(fine_tuning_checkpoints).where(c.job_id == job_id).values(result_files="[]"))
+        return found
+
+    return writes(run)
+
+
+def delete_held_checkpoints(writes: Writes, job_id: str, worker_id: str) -> list[str]:
+    """Drop the checkpoints of an earlier run of a job this worker holds (its new run starts from the base
+    again) and return their file ids for the caller to delete; nothing when it no longer holds the job."""
+
+    def run(conn: Connection) -> list[str]:
+        if conn.execute(select(fine_tuning_jobs.c.id).where(_held(job_id, worker_id))).first() is None:
+            return []
+        found = _checkpoint_files(conn, job_id)
+        conn.execute(delete(fine_tuning_checkpoints).where(fine_tuning_checkpoints.c.job_id == job_id))
+        return found
+
+    return writes(run)
 
 
 # --- the queue ---
@@ -246,6 +305,54 @@ def claim_job(writes: Writes, worker_id: str, *, lease_seconds: float, now: floa
         return job if won == 1 else None
 
     return writes(run)
+
+
+def _winding_down(now: float) -> ColumnElement[bool]:
+    j = fine_tuning_jobs.c
+    return and_(j.status == "cancelled", j.lease_expires_at.is_not(None), j.lease_expires_at < now)
+
+
+def claim_wind_down(writes: Writes, worker_id: str, *, lease_seconds: float, now: float) -> JobRow | None:
+    """Take the oldest cancelled job whose wind-down no worker holds (module docstring), as `claim_job` does."""
+    j = fine_tuning_jobs.c
+
+    def run(conn: Connection) -> JobRow | None:
+        stmt = select(*_JOB_COLUMNS).where(_winding_down(now)).order_by(j.id).limit(1)
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        job = _job(row)
+        won = conn.execute(
+            update(fine_tuning_jobs)
+            .where(j.id == job.id, _winding_down(now))
+            .values(worker_id=worker_id, lease_expires_at=now + lease_seconds)
+        ).rowcount
+        return job if won == 1 else None
+
+    return writes(run)
+
+
+def hold_wind_down(writes: Writes, job_id: str, worker_id: str, *, lease_seconds: float, now: float) -> bool:
+    """The worker that held a job when it was cancelled keeps it to wind it down; False if another took it."""
+    j = fine_tuning_jobs.c
+    stmt = (
+        update(fine_tuning_jobs)
+        .where(j.id == job_id, j.worker_id == worker_id, j.status == "cancelled", j.lease_expires_at.is_not(None))
+        .values(lease_expires_at=now + lease_seconds)
+    )
+    return bool(writes(lambda conn: conn.execute(stmt).rowcount))
+
+
+def end_wind_down(writes: Writes, job_id: str, worker_id: str) -> bool:
+    j = fine_tuning_jobs.c
+    stmt = (
+        update(fine_tuning_jobs)
+        .where(j.id == job_id, j.worker_id == worker_id, j.status == "cancelled")
+        .values(worker_id=None, lease_expires_at=None)
+    )
+    return bool(writes(lambda conn: conn.execute(stmt).rowcount))
 
 
 def _held(job_id: str, worker_id: str) -> ColumnElement[bool]:
@@ -291,6 +398,7 @@ def add_held_checkpoint(writes: Writes, worker_id: str, checkpoint: CheckpointRo
                 step_number=checkpoint.step_number,
                 metrics=orjson.dumps(checkpoint.metrics).decode(),
                 fine_tuned_model_checkpoint=checkpoint.fine_tuned_model_checkpoint,
+                result_files=orjson.dumps(checkpoint.result_files).decode(),
             )
         )
         _add_events(conn, [event])

@@ -84,6 +84,7 @@ def render_checkpoint(checkpoint: store.CheckpointRow) -> dict[str, Any]:
         "step_number": checkpoint.step_number,
         "metrics": checkpoint.metrics,
         "fine_tuning_job_id": checkpoint.job_id,
+        "result_files": checkpoint.result_files,  # Stillroom's: the checkpoint's zipped adapter, to download
     }
 
 

@@ -1,5 +1,5 @@
 """What a worker runs beside a job it holds: the heartbeat that keeps its lease (and notices a cancel or a lost
-lease), and the reporter that turns the runner's events into job events and checkpoints.
+lease), and the reporter that turns the runner's events into job events, checkpoints and checkpoint files.
 
 Both write only through guarded store calls (`worker_id = me` and an active status), so once the job is
 cancelled or taken over they change nothing.
@@ -10,11 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+from stillroom.errors import QuotaExceededError
 from stillroom.store import jobs as store
+from stillroom.store.blobs import FileStorage
 from stillroom.store.projects import Writes
 from stillroom.training.jobs import fine_tuned_model_name, new_event
+from stillroom.training.results import keep_checkpoint_adapter, remove_files
 from stillroom.wire.ids import new_sortable_id
 
 log = logging.getLogger("stillroom.worker")
@@ -60,26 +64,21 @@ class LeaseKeeper:
 
 
 class EventReporter:
-    """Turns the runner's events into job events (metrics move `estimated_finish`) and checkpoints."""
+    """Turns the runner's events into job events (metrics move `estimated_finish`) and checkpoints, each with its
+    adapter (the event's `path`, a PEFT adapter folder) kept as a result file (`training/results.py`)."""
 
-    def __init__(self, writes: Writes, worker_id: str, job: store.JobRow) -> None:
+    def __init__(self, writes: Writes, storage: FileStorage, worker_id: str, job: store.JobRow) -> None:
         self._writes = writes
+        self._storage = storage
         self._worker_id = worker_id
         self._job = job
         self.step: int | None = None  # the last step reported
 
     def on_event(self, event: dict[str, Any]) -> None:
-        job = self._job
         if event.get("type") == "checkpoint":
-            step = int(event["step_number"])
-            name = fine_tuned_model_name(job.model, job.project_id, job.suffix, job.id) + f":ckpt-step-{step}"
-            checkpoint = store.CheckpointRow(
-                new_sortable_id("ftckpt_"), job.id, int(time.time()), step, dict(event.get("metrics") or {}), name
-            )
-            store.add_held_checkpoint(
-                self._writes, self._worker_id, checkpoint, new_event(job.id, f"Checkpoint created at step {step}")
-            )
+            self._checkpoint(int(event["step_number"]), dict(event.get("metrics") or {}), event.get("path"))
             return
+        job = self._job
         data = event.get("data")
         values: dict[str, Any] = {}
         if data:
@@ -94,3 +93,22 @@ class EventReporter:
             data=data,
         )
         store.update_held_job(self._writes, job.id, self._worker_id, values, [row])
+
+    def _checkpoint(self, step: int, metrics: dict[str, Any], path: object) -> None:
+        job = self._job
+        files: list[str] = []
+        if isinstance(path, Path):
+            try:
+                files = keep_checkpoint_adapter(self._writes, self._storage, job.project_id, job.id, step, path)
+            except QuotaExceededError as exc:  # the run goes on without this checkpoint's file
+                warning = f"The adapter of the checkpoint at step {step} was not kept: {exc.message}"
+                store.update_held_job(
+                    self._writes, job.id, self._worker_id, {}, [new_event(job.id, warning, level="warn")]
+                )
+        name = fine_tuned_model_name(job.model, job.project_id, job.suffix, job.id) + f":ckpt-step-{step}"
+        checkpoint = store.CheckpointRow(
+            new_sortable_id("ftckpt_"), job.id, int(time.time()), step, metrics, name, files
+        )
+        event = new_event(job.id, f"Checkpoint created at step {step}")
+        if not store.add_held_checkpoint(self._writes, self._worker_id, checkpoint, event):  # cancelled or lost
+            remove_files(self._writes, self._storage, job.project_id, files)

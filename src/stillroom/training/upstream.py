@@ -8,9 +8,14 @@ the worker's heartbeat keeps the lease: the upstream's status, estimated finish 
 are copied onto the job, its events and checkpoints added as the job's own. Each step is stored as soon as it
 is done (`training/held.py`), so a worker that dies is replaced by one that follows the same upstream job; one
 that died between creating the job and storing its id is found by its `stillroom_job_id` before anything is
-created again. A cancel is forwarded (`POST …/cancel`); a worker shutting down leaves the upstream job running
-for the next worker. On success the upstream's step-metrics CSV is copied into a result file, and the worker
-registers Stillroom's `ft:` name for the upstream's model (`training/models.py` routes it).
+created again. A worker shutting down leaves the upstream job running for the next worker. On success the
+upstream's step-metrics CSV is copied into a result file, and the worker registers Stillroom's `ft:` name for
+the upstream's model (`training/models.py` routes it).
+
+A cancel is forwarded (`POST …/cancel`) when the job is wound down (`wind_down`): by the worker following it,
+or, when none was (the job queued again, or its worker lost), by the next worker free. Once the upstream job
+has ended (or the job fails or is cancelled here), the upstream's copies of the training and validation files
+are deleted, best effort: a refusal is logged and noted as a warning event.
 
 Upstream answers that may pass (its 5xx and 429, timeouts, refused connections) are retried at the next poll,
 with one warning event per outage; any other refusal fails the job with the upstream's error code and message.
@@ -19,6 +24,7 @@ with one warning event per outage; any other refusal fails the job with the upst
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -28,6 +34,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 
+from stillroom.config import ModelConfig
 from stillroom.errors import BadGatewayError, GatewayTimeoutError, StillroomError, UpstreamError
 from stillroom.providers.upstream_jobs import UpstreamJobs
 from stillroom.store import files as file_store
@@ -38,6 +45,9 @@ from stillroom.training.worker import JobCancelled, JobFailed, RunContext, RunRe
 T = TypeVar("T")
 JOB_KEY = "stillroom_job_id"  # the upstream job's metadata key naming the Stillroom job it runs
 _FILE_WAIT_SECONDS = 600.0
+_CANCEL_TRIES = 3
+_FILE_PARAMS = ("training_file", "validation_file")
+log = logging.getLogger("stillroom.worker")
 
 
 class UpstreamRunner:
@@ -54,6 +64,52 @@ class UpstreamRunner:
         assert context.held is not None, "the worker passes upstream runs the job it holds"
         return asyncio.run(_UpstreamRun(context, context.held, self.poll_seconds).run())
 
+    def wind_down(self, held: HeldJob, base: ModelConfig) -> None:
+        """A cancelled job: cancel its upstream job if that still runs, and delete the upstream's file copies."""
+        asyncio.run(_wind_down(held, base, self.poll_seconds))
+
+
+async def _wind_down(held: HeldJob, base: ModelConfig, pause: float) -> None:
+    upstream_id = str(held.state["job_id"])
+    async with aiohttp.ClientSession() as session:
+        client = UpstreamJobs(base, session)
+        for attempt in range(_CANCEL_TRIES):
+            try:
+                if (await client.retrieve_job(upstream_id)).get("status") in ACTIVE:
+                    await client.cancel_job(upstream_id)
+                    held.note(f"Cancelled upstream job {upstream_id}")
+                break
+            except StillroomError as exc:
+                if attempt + 1 < _CANCEL_TRIES and _is_transient(exc):
+                    await asyncio.sleep(pause)
+                    continue
+                log.warning("job %s: could not cancel upstream job %s: %s", held.job.id, upstream_id, _reason(exc))
+                held.note(f"Could not cancel upstream job {upstream_id}: {_reason(exc)}", level="warn")
+                break
+        if not held.state.get("files_deleted"):
+            await _delete_copies(client, held)
+
+
+async def _delete_copies(client: UpstreamJobs, held: HeldJob) -> None:
+    """Delete the upstream's copies of the job's files (best effort: each refusal logged and noted)."""
+    deleted: list[str] = []
+    for param in _FILE_PARAMS:
+        file_id = held.state.get(param)
+        if not file_id:
+            continue
+        try:
+            await client.delete_file(str(file_id))
+        except StillroomError as exc:
+            if isinstance(exc, UpstreamError) and exc.status == 404:  # gone already
+                continue
+            log.warning("job %s: could not delete upstream file %s: %s", held.job.id, file_id, _reason(exc))
+            held.note(f"Could not delete the upstream copy {file_id} of the {param}: {_reason(exc)}", "warn")
+            continue
+        deleted.append(str(file_id))
+    if deleted:
+        log.info("job %s: deleted upstream files %s on %s", held.job.id, ", ".join(deleted), client.host)
+        held.note(f"Deleted the upstream copies of the job's files on {client.host}: {', '.join(deleted)}")
+
 
 class _UpstreamRun:
     def __init__(self, context: RunContext, held: HeldJob, poll_seconds: float) -> None:
@@ -66,9 +122,17 @@ class _UpstreamRun:
     async def run(self) -> RunResult:
         async with aiohttp.ClientSession() as session:
             self.client = UpstreamJobs(self.context.base_model, session)
-            upstream_id = await self._attach()
-            final = await self._follow(upstream_id)
+            try:
+                final = await self._follow(await self._attach())
+            except JobFailed:  # the job ends here: the upstream's copies of its files are no use now
+                await self._delete_copies()
+                raise
+            await self._delete_copies()  # the upstream job has ended
             return await self._result(final)
+
+    async def _delete_copies(self) -> None:
+        await _delete_copies(self.client, self.held)
+        self.held.save({"files_deleted": True})
 
     # --- uploading the files and creating the job, once ---
 
@@ -140,7 +204,7 @@ class _UpstreamRun:
     async def _follow(self, upstream_id: str) -> dict[str, Any]:
         steps = self.held.checkpoint_steps()
         while True:
-            await self._check_stop(upstream_id)
+            await self._check_stop()
             upstream = await self._retrying(partial(self.client.retrieve_job, upstream_id))
             seen = self.held.state.get("last_event")
             events = await self._retrying(partial(self.client.list_events_since, upstream_id, seen))
@@ -154,16 +218,11 @@ class _UpstreamRun:
                 return upstream
             await self._pause()
 
-    async def _check_stop(self, upstream_id: str | None) -> None:
-        if not self.context.should_stop():
-            return
-        if upstream_id is not None and self.held.is_cancelled():
-            try:
-                await self.client.cancel_job(upstream_id)
-                self.held.note(f"Cancelled upstream job {upstream_id}")
-            except StillroomError as exc:
-                self.held.note(f"Could not cancel upstream job {upstream_id}: {_reason(exc)}", level="warn")
-        raise JobCancelled("stopped")  # otherwise the lease was lost or this worker stops: the job goes on
+    async def _check_stop(self) -> None:
+        """Cancelled (the worker winds the upstream job down), the lease lost or this worker stopping (the
+        upstream job goes on, for the next worker)."""
+        if self.context.should_stop():
+            raise JobCancelled("stopped")
 
     async def _pause(self) -> None:
         deadline = time.monotonic() + self.poll_seconds
@@ -182,7 +241,7 @@ class _UpstreamRun:
                     self._outage = True
                     self.held.save(events=[f"The upstream {self.client.host} did not answer: {_reason(exc)}; retrying"])
                 await self._pause()
-                await self._check_stop(self.held.state.get("job_id"))
+                await self._check_stop()
                 continue
             if self._outage:
                 self._outage = False

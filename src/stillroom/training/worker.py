@@ -8,6 +8,10 @@ Heavy libraries are imported only by the runner, inside this process. A job whos
 `openai` or `azure` provider goes to the upstream runner instead (`training/upstream.py`), which trains it
 there and follows it while this worker holds the lease; once it has an upstream job, a new worker follows that
 job again (`training/held.py`) however often workers are lost.
+
+A cancelled job that a worker had taken up is wound down (`store/jobs.py`): by its holder when it notices the
+cancel, or by any worker once no live one holds it (queued again, or its worker lost): its checkpoint files
+are deleted, and an upstream job is cancelled there and its copies of the files deleted.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from stillroom.store import jobs as store
 from stillroom.store.blobs import FileStorage
 from stillroom.store.db import Engine
 from stillroom.store.projects import Writes, direct_writes
+from stillroom.training import results
 from stillroom.training.held import HeldJob, is_attached
 from stillroom.training.jobs import fine_tuned_model_name, new_event
 from stillroom.training.lease import EventReporter, LeaseKeeper
 from stillroom.training.overlap import find_overlap
-from stillroom.training.results import keep_result_files, remove_files, zip_adapter
 from stillroom.wire.files import MIN_EXAMPLES, FileFormatError, FineTuneValidator
 from stillroom.wire.ids import new_sortable_id
 
@@ -82,6 +86,15 @@ class Runner(Protocol):
     def run(self, context: RunContext) -> RunResult: ...
 
 
+class RemoteRunner(Runner, Protocol):
+    """A runner whose jobs live on elsewhere (upstream): a cancelled job's remote side is wound down too."""
+
+    def wind_down(self, held: HeldJob, base: ModelConfig) -> None: ...
+
+
+WIND_DOWN_SECONDS = 300.0  # a wind-down's lease: its holder has this long before another worker does it again
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{new_sortable_id('')[-6:]}"
 
@@ -100,7 +113,7 @@ class Worker:
         worker_id: str | None = None,
         writes: Writes | None = None,
         stopping: threading.Event | None = None,
-        upstream_runner: Runner | None = None,
+        upstream_runner: RemoteRunner | None = None,
     ) -> None:
         self.engine = engine
         self.writes = writes or direct_writes(engine)
@@ -129,7 +142,7 @@ class Worker:
         """Claim one job and take it one step (validation, or the whole run); False when none was waiting."""
         job = store.claim_job(self.writes, self.id, lease_seconds=self.lease_seconds, now=time.time())
         if job is None:
-            return False
+            return self._claim_wind_down()
         takeover = job.worker_id is not None
         if takeover:
             log.warning("worker %s takes over %s from %s (lease expired)", self.id, job.id, job.worker_id)
@@ -166,7 +179,30 @@ class Worker:
             {**values, "finished_at": int(time.time()), "estimated_finish": None},
             [new_event(job.id, message, level=level)],
         )
-        return store.finish_held_job(self.writes, job.id, self.id, finish)
+        finished = store.finish_held_job(self.writes, job.id, self.id, finish)
+        if finished and values.get("status") == "failed":
+            results.drop_checkpoint_files(self.writes, self.storage, job)
+        return finished
+
+    # --- cancelled: winding down ---
+
+    def _claim_wind_down(self) -> bool:
+        job = store.claim_wind_down(self.writes, self.id, lease_seconds=WIND_DOWN_SECONDS, now=time.time())
+        if job is None:
+            return False
+        log.info("worker %s winds down cancelled job %s", self.id, job.id)
+        self._wind_down(job)
+        return True
+
+    def _wind_down(self, job: store.JobRow) -> None:
+        """Delete what a cancelled job left (checkpoint files; an upstream job, cancelled there), then let it go."""
+        try:
+            results.drop_checkpoint_files(self.writes, self.storage, job)
+            base = self.models.get(job.model)
+            if is_attached(job) and base is not None and base.provider != "local" and self.upstream_runner:
+                self.upstream_runner.wind_down(HeldJob(self.engine, self.writes, self.id, job), base)
+        finally:
+            store.end_wind_down(self.writes, job.id, self.id)
 
     # --- validating_files -> queued ---
 
@@ -240,6 +276,8 @@ class Worker:
         ):
             return
         job.attempts = attempts
+        if not is_attached(job):  # it trains from the base again
+            results.drop_earlier_checkpoints(self.writes, self.storage, job, self.id)
         output_dir = self.work_dir / job.id
         shutil.rmtree(output_dir, ignore_errors=True)
         output_dir.mkdir(parents=True)
@@ -248,7 +286,7 @@ class Worker:
         if job.validation_file is not None:
             validation_path, _ = self._check_file(job, job.validation_file, "validation_file")
         heartbeat = self._lease(job.id)
-        reporter = EventReporter(self.writes, self.id, job)
+        reporter = EventReporter(self.writes, self.storage, self.id, job)
         context = self._context(
             job,
             training_path,
@@ -299,6 +337,9 @@ class Worker:
         current = store.get_job(self.engine, None, job.id)
         if current is not None and current.status == "cancelled":
             store.add_events(self.writes, [new_event(job.id, f"Training stopped{step}: the job was cancelled")])
+            now = time.time()
+            if store.hold_wind_down(self.writes, job.id, self.id, lease_seconds=WIND_DOWN_SECONDS, now=now):
+                self._wind_down(current)
         elif self.stopping.is_set():  # this worker is shutting down: another may take the job at once
             store.update_held_job(
                 self.writes,
@@ -341,7 +382,7 @@ class Worker:
             model,
         )
         if not store.finish_held_job(self.writes, job.id, self.id, finish):  # cancelled at the last moment
-            remove_files(self.writes, self.storage, job.project_id, (row.id for row in registered))
+            results.remove_files(self.writes, self.storage, job.project_id, (row.id for row in registered))
         shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
 
     def _register_results(self, job: store.JobRow, result: RunResult) -> list[file_store.FileRow]:
@@ -349,11 +390,11 @@ class Worker:
         if result.metrics_csv is not None:
             sources.append((result.metrics_csv, f"{job.id}-step_metrics.csv"))
         if result.adapter_dir is not None:
-            archive = zip_adapter(result.adapter_dir, self.work_dir / job.id / "adapter.zip")
+            archive = results.zip_adapter(result.adapter_dir, self.work_dir / job.id / "adapter.zip")
             sources.append((archive, f"{job.id}-adapter.zip"))
         if result.gguf_path is not None:
             sources.append((result.gguf_path, f"{job.id}.gguf"))
         try:
-            return keep_result_files(self.writes, self.storage, job.project_id, sources)
+            return results.keep_result_files(self.writes, self.storage, job.project_id, sources)
         except QuotaExceededError as exc:  # none of them kept: the job fails, saying why
             raise JobFailed("quota_exceeded", f"The job's result files were not kept: {exc.message}") from None
