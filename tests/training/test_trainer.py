@@ -1,4 +1,5 @@
-"""The local trainer on a tiny llama built by the test, and one short real run on the bundled SmolLM2."""
+"""The local trainer on a tiny llama built by the test, and the SmolLM2 tokenizer (the one short real run on the
+bundled SmolLM2 is test_student.py's)."""
 
 from __future__ import annotations
 

@@ -88,6 +88,8 @@ class TrainResult:
     final_valid_loss: float | None
     adapter_gguf_path: Path | None = None
     checkpoints: list[Path] = field(default_factory=list)
+    model: Any = None  # the trained PEFT model, in memory (evaluate it without loading the base again)
+    tokenizer: Any = None
 
 
 def resolve_hyperparameters(n_examples: int, cfg: TrainConfig) -> dict[str, Any]:
@@ -389,4 +391,6 @@ def train(cfg: TrainConfig, *, on_event: Callable[[Event], None], should_stop: C
         final_valid_loss=run.last_metrics.get("full_valid_loss"),
         adapter_gguf_path=adapter_gguf,
         checkpoints=run.checkpoints,
+        model=run.accelerator.unwrap_model(run.model).eval(),
+        tokenizer=run.tokenizer,
     )
