@@ -14,6 +14,7 @@ from stillroom.store import projects as store
 from stillroom.store import purge
 from stillroom.store.blobs import FileStorage
 from stillroom.store.db import Engine
+from stillroom.stored import parse_search_param
 from stillroom.wire.chat import validate_metadata
 from stillroom.wire.ids import completion_id_floor, new_project_id
 
@@ -131,9 +132,9 @@ def parse_policy(value: Any, param: str) -> StorePolicy:
 def delete_chat_completions(
     engine: Engine, writes: store.Writes, project_id: str, body: dict[str, Any]
 ) -> dict[str, Any]:
-    """Delete every stored completion matching a filter (metadata pairs, model, created range), in batches;
-    with `dry_run: true`, only count them."""
-    known = {"metadata", "model", "created_after", "created_before", "dry_run"}
+    """Delete every stored completion matching a filter (metadata pairs, model, created range, full-text
+    search), in batches; with `dry_run: true`, only count them."""
+    known = {"metadata", "model", "created_after", "created_before", "search", "dry_run"}
     unknown = sorted(set(body) - known)
     if unknown:
         raise BadRequestError(f"Unknown parameter: '{unknown[0]}'.", param=unknown[0])
@@ -169,11 +170,13 @@ def _filter(body: dict[str, Any]) -> purge.CompletionFilter:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
             raise BadRequestError(f"Invalid '{param}': expected a unix time in seconds.", param=param)
         bounds.append(None if value is None else completion_id_floor(int(value * 1_000_000)))
-    if not pairs and model is None and bounds == [None, None]:
+    words = parse_search_param(body.get("search"))
+    if not pairs and model is None and bounds == [None, None] and words is None:
         raise BadRequestError(
-            "Give at least one of 'metadata', 'model', 'created_after' or 'created_before'.", param="metadata"
+            "Give at least one of 'metadata', 'model', 'created_after', 'created_before' or 'search'.",
+            param="metadata",
         )
-    return purge.CompletionFilter(tuple(sorted(pairs.items())), model, bounds[0], bounds[1])
+    return purge.CompletionFilter(tuple(sorted(pairs.items())), model, bounds[0], bounds[1], words)
 
 
 def _name(value: Any) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from stillroom.errors import BadRequestError, NotFoundError
 from stillroom.store import completions as store
+from stillroom.store import search
 from stillroom.store.db import Engine
 from stillroom.store.writer import CommitQueue
 from stillroom.wire.chat import validate_metadata
@@ -32,6 +34,36 @@ def parse_page(limit: str | None, order: str | None) -> tuple[int, bool]:
     return size, order == "desc"
 
 
+MAX_SEARCH_CHARS = 1000
+
+
+def parse_search_param(value: Any) -> search.Words | None:
+    """`search`: words to find in the messages and answers (stillroom.store.search); blank means none."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) or "\x00" in value or len(value) > MAX_SEARCH_CHARS:
+        raise BadRequestError(
+            f"Invalid 'search': expected up to {MAX_SEARCH_CHARS} characters of text.", param="search"
+        )
+    try:
+        return search.parse_search(value)
+    except search.SearchQueryError as exc:
+        raise BadRequestError(str(exc), param="search") from None
+
+
+def parse_time_param(value: str | None, param: str) -> int | None:
+    """`created_after` / `created_before` as given in a query string (unix seconds) -> microseconds."""
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0 or seconds > 2**62 / 1_000_000:
+        raise BadRequestError(f"Invalid '{param}': expected a unix time in seconds.", param=param)
+    return int(seconds * 1_000_000)
+
+
 def list_stored_completions(
     engine: Engine,
     project_id: str,
@@ -41,14 +73,30 @@ def list_stored_completions(
     after: str | None,
     limit: int,
     descending: bool,
+    search: str | None = None,
+    created_after: str | None = None,
+    created_before: str | None = None,
 ) -> dict[str, Any]:
+    """One page. `search`, `created_after` and `created_before` are Stillroom's own (docs/api.md)."""
     validate_metadata(metadata)
     for param, value in (("after", after), ("model", model)):
         if value is not None and "\x00" in value:
             raise BadRequestError(f"Invalid '{param}': NUL characters are not allowed.", param=param)
+    words = parse_search_param(search)
+    since = parse_time_param(created_after, "created_after")
+    until = parse_time_param(created_before, "created_before")
     try:
         rows, has_more = store.list_completions(
-            engine, project_id, metadata=metadata, model=model, after=after, limit=limit, descending=descending
+            engine,
+            project_id,
+            metadata=metadata,
+            model=model,
+            after=after,
+            limit=limit,
+            descending=descending,
+            search=words,
+            created_after=since,
+            created_before=until,
         )
     except store.CursorNotFoundError:
         raise BadRequestError(f"Invalid 'after': no chat completion {after!r} was stored.", param="after") from None

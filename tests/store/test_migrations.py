@@ -18,7 +18,9 @@ from sqlalchemy import Engine, insert, inspect, select, text
 from stillroom.store import migrate
 from stillroom.store.db import make_engine
 from stillroom.store.migrate import upgrade_database
+from stillroom.store.search import SEARCH_TABLES
 from stillroom.store.tables import completions, metadata
+from stillroom.store.timeline import id_micros
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -51,9 +53,15 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _not_search(_object: Any, name: str | None, type_: str, reflected: bool, _compare_to: Any) -> bool:
+    """The search index's tables are the backend's own kind (stillroom.store.search), not in tables.py."""
+    return not (type_ == "table" and reflected and name in set().union(*SEARCH_TABLES.values()))
+
+
 def schema_diff(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        opts = {"compare_type": True, "compare_server_default": True, "include_object": _not_search}
+        context = MigrationContext.configure(conn, opts=opts)
         return list(compare_metadata(context, metadata))
 
 
@@ -82,7 +90,8 @@ def test_upgrade_of_an_empty_database_matches_the_table_definitions(empty_engine
     assert schema_diff(empty_engine)  # sanity: an empty database does differ
     upgrade_database(empty_engine)
     assert schema_diff(empty_engine) == []
-    assert set(inspect(empty_engine).get_table_names()) == {*metadata.tables, "alembic_version"}
+    search_tables = SEARCH_TABLES[empty_engine.dialect.name]
+    assert set(inspect(empty_engine).get_table_names()) == {*metadata.tables, "alembic_version", *search_tables}
     assert version(empty_engine) == [head_revision()]
 
 
@@ -129,6 +138,40 @@ def test_upgrade_twice_is_a_no_op(empty_engine: Engine) -> None:
     with empty_engine.connect() as conn:
         kept = conn.execute(select(completions.c.id, completions.c.project_id)).all()
     assert [tuple(r) for r in kept] == [("chatcmpl-kept", "default")]
+
+
+def test_0007_indexes_existing_completions_and_sets_their_commit_clock(empty_engine: Engine) -> None:
+    upgrade_database(empty_engine, "0006")
+    late, early = "chatcmpl-000000200aaaa", "chatcmpl-000000100bbbb"  # committed late: seq 1 is the later id
+    with empty_engine.begin() as conn:
+        body = '{"role": "user", "content": "Where is my parcel?"}'
+        conn.execute(
+            text(
+                "INSERT INTO message_contents (project_id, digest, body, size, refs) VALUES ('default', 'd1', :b, 1, 2)"
+            ),
+            {"b": body},
+        )
+        for n, cid in enumerate((late, early), start=1):
+            row = {**completion_row(cid, n), "message_digests": '["d1"]', "response": '{"choices": []}'}
+            conn.execute(
+                text(
+                    "INSERT INTO completions (" + ", ".join(row) + ") VALUES (" + ", ".join(f":{k}" for k in row) + ")"
+                ),
+                row,
+            )
+        conn.execute(text("UPDATE sequences SET value = 2 WHERE name = 'completions'"))
+    upgrade_database(empty_engine)
+    assert schema_diff(empty_engine) == []
+    with empty_engine.connect() as conn:
+        clocks = conn.execute(text("SELECT id, clock FROM completions ORDER BY seq")).all()
+        lag = conn.execute(text("SELECT lag FROM sequences WHERE name = 'completions'")).scalar()
+        if empty_engine.dialect.name == "sqlite":
+            hits = conn.execute(text("SELECT rowid FROM completion_search WHERE completion_search MATCH 'parcel'"))
+        else:
+            hits = conn.execute(text("SELECT seq FROM completion_search WHERE document @@ 'parcel'::tsquery"))
+        assert sorted(hits.scalars()) == [1, 2]
+    assert [(cid, clock) for cid, clock in clocks] == [(late, id_micros(late)), (early, id_micros(late))]
+    assert lag == id_micros(late) - id_micros(early)
 
 
 def test_0002_numbers_existing_rows_in_id_order_and_widens_time_and_size_columns(empty_engine: Engine) -> None:

@@ -28,6 +28,11 @@ deployments = APIRouter()
 After = Annotated[str | None, Query(description="Return items after this id, in the requested order")]
 Limit = Annotated[str | None, Query(description="Items per page, 1..100 (default 20)")]
 Order = Annotated[str | None, Query(description="asc (default) or desc")]
+Search = Annotated[
+    str | None, Query(description="Stillroom: words in the messages or the answer, all of them (word* for a prefix)")
+]
+CreatedAfter = Annotated[str | None, Query(description="Stillroom: created at or after this unix time (seconds)")]
+CreatedBefore = Annotated[str | None, Query(description="Stillroom: created before this unix time (seconds)")]
 
 
 @router.get("/chat/completions")
@@ -39,6 +44,9 @@ async def list_chat_completions(
     limit: Limit = None,
     order: Order = None,
     model: Annotated[str | None, Query(description="Only completions asked of this model")] = None,
+    search: Search = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
 ) -> Response:
     """Stored completions; filter metadata with `metadata[key]=value` pairs (all must match)."""
     size, descending = parse_page(limit, order)
@@ -51,6 +59,9 @@ async def list_chat_completions(
         after=after,
         limit=size,
         descending=descending,
+        search=search,
+        created_after=created_after,
+        created_before=created_before,
     )
     return json_response(page)
 
@@ -65,9 +76,14 @@ async def list_deployment_chat_completions(
     limit: Limit = None,
     order: Order = None,
     model: Annotated[str | None, Query()] = None,
+    search: Search = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
 ) -> Response:
     """Azure's list path when the client pins a deployment; lists like the plain path (filter with `model`)."""
-    return await list_chat_completions(request, principal, services, after, limit, order, model)
+    return await list_chat_completions(
+        request, principal, services, after, limit, order, model, search, created_after, created_before
+    )
 
 
 @router.get("/chat/completions/{completion_id}")

@@ -18,7 +18,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import (
@@ -37,8 +37,10 @@ from sqlalchemy import (
 )
 
 from stillroom.errors import QuotaExceededError
+from stillroom.store import search
 from stillroom.store.db import raw_write_transaction, read_transaction
 from stillroom.store.projects import Admission, add_usage, admit_rows, lock_usage, settle_usage
+from stillroom.store.search import Words
 from stillroom.store.tables import (
     completion_metadata,
     completion_tombstones,
@@ -46,6 +48,8 @@ from stillroom.store.tables import (
     message_contents,
     sequences,
 )
+from stillroom.store.timeline import id_micros, seq_range
+from stillroom.wire.ids import completion_id_floor
 
 
 @dataclass(slots=True)
@@ -137,6 +141,7 @@ _COMPLETION_COLUMNS = (
     "incomplete",
     "latency_ms",
     "stored_bytes",
+    "clock",
     "seq",
 )
 # The group commit is the hot write path, so it runs plain SQL through a DBAPI connection (the writer's
@@ -146,9 +151,11 @@ _COMPLETION_COLUMNS = (
 # interval while the commit waits.
 _SEQUENCE_SQL = (
     # First: take the batch's sequence numbers. The row lock is held to the commit (see the module doc).
+    # It also reads the commit clock and lag (stillroom.store.timeline), which _CLOCK_SQL moves on.
     "INSERT INTO sequences (name, value) VALUES ('completions', {p}) "
-    "ON CONFLICT (name) DO UPDATE SET value = sequences.value + excluded.value RETURNING value"
+    "ON CONFLICT (name) DO UPDATE SET value = sequences.value + excluded.value RETURNING value, clock, lag"
 )
+_CLOCK_SQL = "UPDATE sequences SET clock = {p}, lag = {p} WHERE name = 'completions'"
 _CONTENTS_SQL = (
     # refs comes back as the batch's own count exactly when the row is new (a kept one had at least 1).
     "INSERT INTO message_contents (project_id, digest, body, size, refs) VALUES {rows} "
@@ -170,10 +177,13 @@ def save_completions(engine: Engine, records: Sequence[CompletionRecord], connec
     project past its quota (store/projects.py admit_rows; the others' bytes are added to its usage).
     `connection`: a DBAPI connection the caller holds (the writer's own), else one is checked out."""
     content_rows, rows, meta_rows = serialise_completions(records)
+    documents = {r.id: search.document_text(r.messages, r.response) for r in records}
     p = _placeholder(engine)
     with raw_write_transaction(engine, connection) as cursor:
         cursor.execute(_SEQUENCE_SQL.format(p=p), (len(rows),))
-        first = int(cursor.fetchone()[0]) - len(rows) + 1
+        value, clock, lag = cursor.fetchone()
+        first = int(value) - len(rows) + 1
+        cursor.execute(_CLOCK_SQL.format(p=p), _stamp_clock(rows, int(clock), int(lag)))
         for row in rows:
             row[-1] += first
         for meta in meta_rows:
@@ -195,7 +205,22 @@ def save_completions(engine: Engine, records: Sequence[CompletionRecord], connec
         cursor.executemany(_COMPLETIONS_SQL.format(p=p), rows)
         for chunk in _chunks(meta_rows):
             cursor.execute(_METADATA_SQL.format(rows=_values(p, 5, len(chunk))), [v for row in chunk for v in row])
+        search.index_rows(cursor.execute, engine.dialect.name, [(row[-1], documents[row[0]]) for row in rows])
     return admission.refused
+
+
+_CLOCK = _COMPLETION_COLUMNS.index("clock")
+
+
+def _stamp_clock(rows: Rows, clock: int, lag: int) -> tuple[int, int]:
+    """Give each row of the batch, in order, the commit clock: the largest id time so far. Returns the new
+    (clock, lag) of the sequence (stillroom.store.timeline)."""
+    for row in rows:
+        minted = id_micros(row[0])
+        clock = max(clock, minted)
+        lag = max(lag, clock - minted)
+        row[_CLOCK] = clock
+    return clock, lag
 
 
 def _chunks(rows: list[list[Any]]) -> Iterator[list[list[Any]]]:
@@ -283,6 +308,7 @@ def serialise_completions(records: Sequence[CompletionRecord]) -> tuple[Rows, Ro
                 record.incomplete,
                 record.latency_ms,
                 len(request) + len(response) + len(metadata) + len(digest_list),
+                0,  # the commit clock, set once the batch holds the sequence
                 position,
             ]
         )
@@ -316,12 +342,19 @@ def list_completions(
     after: str | None,
     limit: int,
     descending: bool,
+    search: Words | None = None,
+    created_after: int | None = None,
+    created_before: int | None = None,
 ) -> tuple[list[StoredCompletion], bool]:
     """One keyset page in commit order, and whether more follow. `after` is an id (the previous page's
-    last); CursorNotFoundError when the project never had it."""
+    last); CursorNotFoundError when the project never had it. `search`: words that must occur (store.search);
+    `created_after`/`created_before`: creation times in µs, [after, before)."""
     with read_transaction(engine) as conn:
         after_seq = None if after is None else _cursor_seq(conn, project_id, after)
-        return _page(conn, project_id, metadata, model, after_seq, limit, descending)
+        narrowing = narrow(conn, project_id, search, created_after, created_before)
+        if narrowing is None:
+            return [], False
+        return _page(conn, project_id, metadata, model, after_seq, limit, descending, narrowing)
 
 
 def list_completions_with_messages(
@@ -350,12 +383,20 @@ def _page(
     after_seq: int | None,
     limit: int,
     descending: bool,
+    narrowing: Narrowing | None = None,
 ) -> tuple[list[StoredCompletion], bool]:
     pairs = _rarest_first(conn, project_id, metadata) if len(metadata) > 1 else list(metadata.items())
     if pairs is None:
         return [], False
     stmt = list_statement(
-        project_id, metadata=pairs, model=model, after_seq=after_seq, limit=limit + 1, descending=descending
+        project_id,
+        metadata=pairs,
+        model=model,
+        after_seq=after_seq,
+        limit=limit + 1,
+        descending=descending,
+        narrowing=narrowing,
+        dialect=conn.dialect.name,
     )
     rows = conn.execute(stmt).all()
     return [_row_to_stored(r) for r in rows[:limit]], len(rows) > limit
@@ -403,12 +444,22 @@ def list_statement(
     after_seq: int | None,
     limit: int,
     descending: bool,
+    narrowing: Narrowing | None = None,
+    dialect: str = "sqlite",
 ) -> Select[Any]:
-    """The list query (public so that tests can EXPLAIN it). The first metadata pair drives it."""
+    """The list query (public so that tests can EXPLAIN it). The first metadata pair drives it.
+    A search joins the index (on SQLite its rowid order drives the walk: FTS5 hands back rows in rowid =
+    seq order); a time range bounds whichever key drives (`Narrowing`)."""
+    narrowing = narrowing or Narrowing()
     c = completions
     stmt = select(*_COLUMNS).where(c.c.project_id == project_id)
-    key = c.c.seq
+    key: Any = c.c.seq  # the seq column that drives the walk
     pairs = metadata
+    if narrowing.search is not None:
+        found, condition = search.matching_seqs(dialect, narrowing.search)
+        stmt = stmt.join(search.search_table, found == c.c.seq).where(condition)
+        if dialect == "sqlite":
+            key = found
     if pairs:
         # The first pair drives the query through its (project, key, value, seq) index, in list order.
         first = completion_metadata.alias("m0")
@@ -416,7 +467,8 @@ def list_statement(
         stmt = stmt.join(first, first.c.completion_id == c.c.id).where(
             first.c.project_id == project_id, first.c.key == k0, first.c.value == v0
         )
-        key = first.c.seq
+        if narrowing.search is None or dialect != "sqlite":
+            key = first.c.seq
         for i, (k, v) in enumerate(pairs[1:], start=1):
             m = completion_metadata.alias(f"m{i}")
             # A point probe of the same index: a completion's seq is unique, so (project, key, value, seq)
@@ -428,7 +480,54 @@ def list_statement(
         stmt = stmt.where(c.c.model == model)
     if after_seq is not None:
         stmt = stmt.where(key < after_seq if descending else key > after_seq)
+    stmt = narrowing.bound(stmt, key)
     return stmt.order_by(key.desc() if descending else key.asc()).limit(limit)
+
+
+_S = TypeVar("_S", bound=Select[Any])
+
+
+@dataclass(frozen=True, slots=True)
+class Narrowing:
+    """Stillroom's own list filters: the words of a search (store.search), and a creation-time range as an
+    id range [id_from, id_to) with the seq range [first_seq, stop_seq) that holds it (store.timeline)."""
+
+    search: Words | None = None
+    id_from: str | None = None
+    id_to: str | None = None
+    first_seq: int | None = None
+    stop_seq: int | None = None
+
+    def bound(self, stmt: _S, key: Any) -> _S:
+        """`stmt` walking `key` (a seq) only over the seq range, keeping the ids in the range."""
+        c = completions.c
+        if self.first_seq is not None:
+            stmt = stmt.where(key >= self.first_seq)
+        if self.stop_seq is not None:
+            stmt = stmt.where(key < self.stop_seq)
+        if self.id_from is not None:
+            stmt = stmt.where(c.id >= self.id_from)
+        if self.id_to is not None:
+            stmt = stmt.where(c.id < self.id_to)
+        return stmt
+
+
+def narrow(
+    conn: Connection, project_id: str, words: Words | None, after_us: int | None, before_us: int | None
+) -> Narrowing | None:
+    """The Narrowing of a search and a time range (µs); None when no completion can be in the range."""
+    if after_us is None and before_us is None:
+        return Narrowing(words)
+    span = seq_range(conn, project_id, after_us, before_us)
+    if span is None:
+        return None
+    return Narrowing(
+        words,
+        None if after_us is None else completion_id_floor(after_us),
+        None if before_us is None else completion_id_floor(before_us),
+        span.first,
+        span.stop,
+    )
 
 
 # --- get -----------------------------------------------------------------------------------------------
@@ -531,10 +630,11 @@ def delete_completion(conn: Connection, project_id: str, completion_id: str) -> 
     deleted = conn.execute(
         delete(completions)
         .where(completions.c.project_id == project_id, completions.c.id == completion_id)
-        .returning(completions.c.message_digests, completions.c.seq, completions.c.stored_bytes)
+        .returning(completions.c.message_digests, completions.c.seq, completions.c.stored_bytes, completions.c.response)
     ).first()
     if deleted is None:
         return False
+    search.unindex_completions(conn, project_id, [(deleted.seq, deleted.response, deleted.message_digests)])
     conn.execute(insert(completion_tombstones).values(id=completion_id, project_id=project_id, seq=deleted.seq))
     conn.execute(delete(completion_metadata).where(completion_metadata.c.completion_id == completion_id))
     counts: dict[str, int] = {}

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, Select, delete, exists, func, insert, select, update
 
+from stillroom.store import search as fts
 from stillroom.store.projects import add_usage, bump_access, lock_usage
 from stillroom.store.tables import (
     completion_metadata,
@@ -28,17 +29,22 @@ from stillroom.store.tables import (
 
 @dataclass(frozen=True, slots=True)
 class CompletionFilter:
-    """Which stored completions: every metadata pair, a model, ids (= times) in [id_from, id_to)."""
+    """Which stored completions: every metadata pair, a model, ids (= times) in [id_from, id_to), the words
+    of a full-text search (stillroom.store.search)."""
 
     metadata: Sequence[tuple[str, str]] = ()
     model: str | None = None
     id_from: str | None = None
     id_to: str | None = None
+    search: fts.Words | None = None
 
 
-def _matching(project_id: str, selection: CompletionFilter) -> Select[Any]:
+def _matching(dialect: str, project_id: str, selection: CompletionFilter) -> Select[Any]:
     c = completions.c
     stmt = select(c.id).where(c.project_id == project_id)
+    if selection.search is not None:
+        seq, condition = fts.matching_seqs(dialect, selection.search)
+        stmt = stmt.where(c.seq.in_(select(seq).select_from(fts.search_table).where(condition)))
     for key, value in selection.metadata:
         m = completion_metadata.c
         stmt = stmt.where(
@@ -56,7 +62,7 @@ def _matching(project_id: str, selection: CompletionFilter) -> Select[Any]:
 def count_completions(engine: Engine, project_id: str, selection: CompletionFilter) -> int:
     """How many a delete with this filter would remove (the dry run)."""
     with engine.connect() as conn:
-        sub = _matching(project_id, selection).subquery()
+        sub = _matching(engine.dialect.name, project_id, selection).subquery()
         return int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
 
 
@@ -64,7 +70,8 @@ def delete_completions_batch(conn: Connection, project_id: str, selection: Compl
     """Delete at most `limit` matching completions (one write transaction); how many were deleted."""
     if lock_usage(conn, project_id) is None:
         return 0
-    ids = list(conn.execute(_matching(project_id, selection).order_by(completions.c.id).limit(limit)).scalars())
+    matching = _matching(conn.dialect.name, project_id, selection)
+    ids = list(conn.execute(matching.order_by(completions.c.id).limit(limit)).scalars())
     return delete_completion_ids(conn, project_id, ids)
 
 
@@ -77,10 +84,11 @@ def delete_completion_ids(conn: Connection, project_id: str, ids: Sequence[str])
     gone = conn.execute(
         delete(completions)
         .where(c.project_id == project_id, c.id.in_(list(ids)))
-        .returning(c.id, c.message_digests, c.stored_bytes, c.seq)
+        .returning(c.id, c.message_digests, c.stored_bytes, c.seq, c.response)
     ).all()
     if not gone:
         return 0
+    fts.unindex_completions(conn, project_id, [(r.seq, r.response, r.message_digests) for r in gone])
     gone_ids = [row.id for row in gone]
     # Their places in the commit sequence stay behind, so `after=<a deleted id>` still resumes there.
     conn.execute(insert(completion_tombstones), [{"id": r.id, "project_id": project_id, "seq": r.seq} for r in gone])
@@ -134,9 +142,29 @@ def delete_project(conn: Connection, project_id: str) -> DeletedProject | None:
     if lock_usage(conn, project_id) is None:
         return None
     keys = list(conn.execute(select(files.c.storage_key).where(files.c.project_id == project_id)).scalars())
+    _unindex_project(conn, project_id)
     deleted = {}
     for table in project_tables():
         deleted[str(table.name)] = int(conn.execute(delete(table).where(table.c.project_id == project_id)).rowcount)
     conn.execute(delete(projects).where(projects.c.id == project_id))
     bump_access(conn)
     return DeletedProject(deleted, keys)
+
+
+def _unindex_project(conn: Connection, project_id: str, batch: int = 2000) -> None:
+    """Take every completion of the project out of the search index (SQLite's needs each document)."""
+    if conn.dialect.name != "sqlite":
+        return
+    c = completions.c
+    after = -1
+    while True:
+        rows = conn.execute(
+            select(c.seq, c.response, c.message_digests)
+            .where(c.project_id == project_id, c.seq > after)
+            .order_by(c.seq)
+            .limit(batch)
+        ).all()
+        if not rows:
+            return
+        fts.unindex_completions(conn, project_id, [(r.seq, r.response, r.message_digests) for r in rows])
+        after = int(rows[-1].seq)

@@ -42,9 +42,12 @@ completions = Table(
     Column("incomplete", Boolean, nullable=False),
     Column("latency_ms", Float, nullable=False),
     Column("stored_bytes", BigInteger, nullable=False),
+    # The commit clock (µs; stillroom.store.timeline): what turns a time range into a seq range.
+    Column("clock", BigInteger, nullable=False, server_default="0"),
     Index("ux_completions_seq", "seq", unique=True),
     Index("ix_completions_project_seq", "project_id", "seq"),
     Index("ix_completions_project_model_seq", "project_id", "model", "seq"),
+    Index("ix_completions_project_clock", "project_id", "clock", "seq"),
 )
 
 completion_metadata = Table(
@@ -79,12 +82,15 @@ completion_tombstones = Table(
 
 # Named counters, one row each. `completions` holds the last commit sequence number handed out; a write
 # batch increments it first, and the row lock it takes is held to the commit, so on PostgreSQL the
-# batches of several processes are numbered in the order they commit.
+# batches of several processes are numbered in the order they commit. Its `clock` and `lag` are the commit
+# clock's last value and largest lag (stillroom.store.timeline), moved by the same statement.
 sequences = Table(
     "sequences",
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
+    Column("clock", BigInteger, nullable=False, server_default="0"),
+    Column("lag", BigInteger, nullable=False, server_default="0"),
 )
 
 # Projects own every stored row (by `project_id`). `used_bytes` is the running total of what the project keeps
