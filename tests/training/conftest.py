@@ -137,6 +137,7 @@ def db_url(db_url: str, new_database: NewDatabase) -> str:
 
 
 @pytest.fixture(scope="module")
-def postgres_url(postgres_url: str, new_database: NewDatabase) -> str:
-    """The same for tests that need PostgreSQL whatever the session's backend."""
+def own_postgres_url(postgres_url: str, new_database: NewDatabase) -> str:
+    """The same for tests that need PostgreSQL whatever the session's backend. (Not an override of
+    `postgres_url`: the session's `db_url` asks for that one, and a module-scoped override is a ScopeMismatch.)"""
     return new_database(postgres_url)

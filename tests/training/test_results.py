@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import Engine
 
 from stillroom.store import files as file_store
+from stillroom.store import job_queue as queue
 from stillroom.store import jobs as job_store
 from stillroom.store import projects as project_store
 from stillroom.store.blobs import LocalFileStorage
@@ -152,14 +153,14 @@ def test_a_failed_job_keeps_no_checkpoint_files(engine: Engine, storage: LocalFi
 def _lose_a_worker_with_a_checkpoint(engine: Engine, storage: LocalFileStorage, project: str, job_id: str) -> str:
     """A worker claims the job, runs it to a checkpoint with its file, and dies (its lease runs out in 0.3 s)."""
     writes = direct_writes(engine)
-    assert job_store.claim_job(writes, "doomed", lease_seconds=0.3, now=time.time()) is not None
-    assert job_store.update_held_job(writes, job_id, "doomed", {"status": "running", "attempts": 1})
+    assert queue.claim_job(writes, "doomed", lease_seconds=0.3, now=time.time()) is not None
+    assert queue.update_held_job(writes, job_id, "doomed", {"status": "running", "attempts": 1})
     folder = storage.root.parent / f"doomed-{job_id}" / "step-1"
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
     (file_id,) = keep_checkpoint_adapter(writes, storage, project, job_id, 1, folder)
     checkpoint = job_store.CheckpointRow(f"ftckpt_{uuid.uuid4().hex}", job_id, 0, 1, {}, "ckpt", [file_id])
-    assert job_store.add_held_checkpoint(writes, "doomed", checkpoint, jobs.new_event(job_id, "Checkpoint"))
+    assert queue.add_held_checkpoint(writes, "doomed", checkpoint, jobs.new_event(job_id, "Checkpoint"))
     return file_id
 
 
@@ -189,7 +190,7 @@ def test_a_job_cancelled_before_any_worker_ran_it_has_nothing_to_wind_down(
     jobs.cancel_job(engine, direct_writes(engine), project, job_id)
     ended = job_store.get_job(engine, project, job_id)
     assert ended is not None and ended.lease_expires_at is None
-    assert job_store.claim_wind_down(direct_writes(engine), "w", lease_seconds=5, now=time.time() + 60) is None
+    assert queue.claim_wind_down(direct_writes(engine), "w", lease_seconds=5, now=time.time() + 60) is None
 
 
 def test_a_job_that_starts_again_drops_the_earlier_run_s_checkpoints(

@@ -19,6 +19,7 @@ from stillroom.config import ModelConfig
 from stillroom.errors import BadRequestError
 from stillroom.files import Upload
 from stillroom.store import files as file_store
+from stillroom.store import job_queue as queue
 from stillroom.store import jobs as job_store
 from stillroom.store import projects as project_store
 from stillroom.store.blobs import LocalFileStorage
@@ -228,10 +229,9 @@ def test_a_lost_workers_job_is_taken_over_then_failed_after_the_last_attempt(
     assert survivor.run_once()  # validated and queued
     for attempt in (1, 2):  # a worker claims the job, starts it, and dies without another heartbeat
         assert (
-            job_store.claim_job(direct_writes(engine), f"doomed-{attempt}", lease_seconds=0.3, now=time.time())
-            is not None
+            queue.claim_job(direct_writes(engine), f"doomed-{attempt}", lease_seconds=0.3, now=time.time()) is not None
         )
-        assert job_store.update_held_job(
+        assert queue.update_held_job(
             direct_writes(engine), created["id"], f"doomed-{attempt}", {"status": "running", "attempts": attempt}
         )
         assert not survivor.run_once()  # its lease has not run out yet
@@ -254,10 +254,8 @@ def test_a_lost_workers_job_runs_again_elsewhere(engine: Engine, storage: LocalF
     runner = FakeTrainer()
     survivor = worker(engine, storage, runner, tmp_path, lease_seconds=0.3)
     assert survivor.run_once()
-    assert job_store.claim_job(direct_writes(engine), "doomed", lease_seconds=0.3, now=time.time()) is not None
-    assert job_store.update_held_job(
-        direct_writes(engine), created["id"], "doomed", {"status": "running", "attempts": 1}
-    )
+    assert queue.claim_job(direct_writes(engine), "doomed", lease_seconds=0.3, now=time.time()) is not None
+    assert queue.update_held_job(direct_writes(engine), created["id"], "doomed", {"status": "running", "attempts": 1})
     time.sleep(0.4)
     assert survivor.run_once()
     assert jobs.retrieve_job(engine, project, created["id"])["status"] == "succeeded"

@@ -44,8 +44,8 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def pg_engine(postgres_url: str) -> Iterator[Engine]:
-    yield from _engine(postgres_url)
+def pg_engine(own_postgres_url: str) -> Iterator[Engine]:
+    yield from _engine(own_postgres_url)
 
 
 def _create_job(engine: Engine, files_dir: Path, project: str, n_epochs: int, batch_size: int = 1) -> str:
@@ -118,13 +118,13 @@ def test_a_killed_worker_is_taken_over_and_cancel_stops_real_training(
 
 
 def test_two_worker_processes_on_postgres_run_each_job_once(
-    pg_engine: Engine, postgres_url: str, files_dir: Path, tiny_gguf: Path, tmp_path: Path
+    pg_engine: Engine, own_postgres_url: str, files_dir: Path, tiny_gguf: Path, tmp_path: Path
 ) -> None:
     project = uuid.uuid4().hex[:12]
     ids = [_create_job(pg_engine, files_dir, project, n_epochs=1, batch_size=6) for _ in range(4)]  # 2 steps each
     env = {"STILLROOM_FILES_DIR": str(files_dir), "STILLROOM_JOB_LEASE_SECONDS": "5"}
     workers = [
-        start_worker(tmp_path, postgres_url, config=tiny_config(tiny_gguf), env=env, name=f"racer-{i}")
+        start_worker(tmp_path, own_postgres_url, config=tiny_config(tiny_gguf), env=env, name=f"racer-{i}")
         for i in range(2)
     ]
     try:

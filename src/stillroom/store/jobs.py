@@ -1,16 +1,9 @@
-"""Fine-tuning jobs as rows: insert, read, list, cancel; events and checkpoints; the work queue (claim with a
-lease, heartbeat, guarded updates by the lease holder); and the models that succeeded jobs register.
+"""Fine-tuning jobs as rows: insert, read, list, cancel; events and checkpoints; the models that succeeded jobs
+register. The work queue (claims, leases, a worker's guarded writes, winding down) is `store/job_queue.py`.
 
-Claims: PostgreSQL picks a row with `FOR UPDATE SKIP LOCKED`, so workers never wait on each other's row; SQLite
-runs the whole claim in one `BEGIN IMMEDIATE` transaction, and the UPDATE repeats the claimability test, so the
-row count says whether this worker won it. Every later write by a worker names it (`worker_id = me`) and an
-active status, so a worker whose lease was taken over, or whose job was cancelled, changes nothing.
-
-Winding down: a job cancelled after a worker took it up (a run may have left checkpoint files, or an upstream
-job) keeps a lease: its holder's, or an expired one (0) when no worker held it. The holder winds it down when
-it notices the cancel; otherwise, once that lease has run out, any worker claims the wind-down
-(`claim_wind_down`), does it and ends it (`end_wind_down`: no worker, no lease). A job cancelled before any
-worker ran it has nothing to wind down and no lease.
+A cancel keeps a lease on a job that a worker had taken up, for its wind-down (`store/job_queue.py`): its
+holder's, or an expired one (0) when no worker held it; a job cancelled before any worker ran it has nothing to
+wind down and no lease.
 """
 
 from __future__ import annotations
@@ -21,12 +14,9 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
-    and_,
     case,
-    delete,
     exists,
     func,
     insert,
@@ -106,19 +96,10 @@ class ModelRow:
     created_at: int
 
 
-@dataclass(slots=True)
-class Finish:
-    """What a worker writes when its job ends, in one transaction."""
-
-    values: dict[str, Any]
-    events: list[EventRow] = field(default_factory=list)
-    model: ModelRow | None = None
+JOB_COLUMNS = tuple(fine_tuning_jobs.c[name] for name in JobRow.__slots__)
 
 
-_JOB_COLUMNS = tuple(fine_tuning_jobs.c[name] for name in JobRow.__slots__)
-
-
-def _job(row: Any) -> JobRow:
+def job_from_row(row: Any) -> JobRow:
     values = dict(row._mapping)
     for name in _JSON:
         if values[name] is not None:
@@ -126,30 +107,30 @@ def _job(row: Any) -> JobRow:
     return JobRow(**values)
 
 
-def _encode(values: dict[str, Any]) -> dict[str, Any]:
+def encode_values(values: dict[str, Any]) -> dict[str, Any]:
     return {k: orjson.dumps(v).decode() if k in _JSON and v is not None else v for k, v in values.items()}
 
 
 def insert_job(writes: Writes, job: JobRow, events: Sequence[EventRow]) -> None:
     def run(conn: Connection) -> None:
-        conn.execute(insert(fine_tuning_jobs).values(_encode({n: getattr(job, n) for n in JobRow.__slots__})))
+        conn.execute(insert(fine_tuning_jobs).values(encode_values({n: getattr(job, n) for n in JobRow.__slots__})))
         if job.metadata:
             pairs = [
                 {"job_id": job.id, "project_id": job.project_id, "key": k, "value": v} for k, v in job.metadata.items()
             ]
             conn.execute(insert(fine_tuning_job_metadata), pairs)
-        _add_events(conn, events)
+        insert_events(conn, events)
 
     writes(run)
 
 
 def get_job(engine: Engine, project_id: str | None, job_id: str) -> JobRow | None:
-    stmt = select(*_JOB_COLUMNS).where(fine_tuning_jobs.c.id == job_id)
+    stmt = select(*JOB_COLUMNS).where(fine_tuning_jobs.c.id == job_id)
     if project_id is not None:
         stmt = stmt.where(fine_tuning_jobs.c.project_id == project_id)
     with engine.connect() as conn:
         row = conn.execute(stmt).first()
-    return _job(row) if row else None
+    return job_from_row(row) if row else None
 
 
 def list_jobs(
@@ -157,7 +138,7 @@ def list_jobs(
 ) -> tuple[list[JobRow], bool]:
     """Newest first. `metadata` pairs must all match; `None` selects jobs without metadata."""
     j = fine_tuning_jobs.c
-    stmt = select(*_JOB_COLUMNS).where(j.project_id == project_id)
+    stmt = select(*JOB_COLUMNS).where(j.project_id == project_id)
     if metadata is None:
         stmt = stmt.where(j.metadata.is_(None))
     for key, value in (metadata or {}).items():
@@ -166,7 +147,7 @@ def list_jobs(
     if after is not None:
         stmt = stmt.where(j.id < after)
     with engine.connect() as conn:
-        rows = [_job(r) for r in conn.execute(stmt.order_by(j.id.desc()).limit(limit + 1))]
+        rows = [job_from_row(r) for r in conn.execute(stmt.order_by(j.id.desc()).limit(limit + 1))]
     return rows[:limit], len(rows) > limit
 
 
@@ -184,14 +165,14 @@ def cancel_job(writes: Writes, project_id: str, job_id: str, now: int, event: Ev
             .values(status="cancelled", finished_at=now, estimated_finish=None, lease_expires_at=lease)
         ).rowcount
         if changed:
-            _add_events(conn, [event])
-        row = conn.execute(select(*_JOB_COLUMNS).where(j.project_id == project_id, j.id == job_id)).first()
-        return _job(row) if row else None
+            insert_events(conn, [event])
+        row = conn.execute(select(*JOB_COLUMNS).where(j.project_id == project_id, j.id == job_id)).first()
+        return job_from_row(row) if row else None
 
     return writes(run)
 
 
-def _add_events(conn: Connection, events: Sequence[EventRow]) -> None:
+def insert_events(conn: Connection, events: Sequence[EventRow]) -> None:
     if events:
         conn.execute(
             insert(fine_tuning_job_events),
@@ -242,7 +223,7 @@ def list_checkpoints(engine: Engine, job_id: str, *, after: str | None, limit: i
     return found[:limit], len(found) > limit
 
 
-def _checkpoint_files(conn: Connection, job_id: str) -> list[str]:
+def checkpoint_file_ids(conn: Connection, job_id: str) -> list[str]:
     c = fine_tuning_checkpoints.c
     rows = conn.execute(select(c.result_files).where(c.job_id == job_id, c.result_files != "[]")).scalars()
     return [file_id for files in rows for file_id in orjson.loads(files)]
@@ -254,7 +235,7 @@ def clear_checkpoint_files(writes: Writes, job_id: str) -> list[str]:
     c = fine_tuning_checkpoints.c
 
     def run(conn: Connection) -> list[str]:
-        found = _checkpoint_files(conn, job_id)
+        found = checkpoint_file_ids(conn, job_id)
         if found:
             conn.execute(update(fine_tuning_checkpoints).where(c.job_id == job_id).values(result_files="[]"))
         return found
@@ -262,179 +243,8 @@ def clear_checkpoint_files(writes: Writes, job_id: str) -> list[str]:
     return writes(run)
 
 
-def delete_held_checkpoints(writes: Writes, job_id: str, worker_id: str) -> list[str]:
-    """Drop the checkpoints of an earlier run of a job this worker holds (its new run starts from the base
-    again) and return their file ids for the caller to delete; nothing when it no longer holds the job."""
-
-    def run(conn: Connection) -> list[str]:
-        if conn.execute(select(fine_tuning_jobs.c.id).where(_held(job_id, worker_id))).first() is None:
-            return []
-        found = _checkpoint_files(conn, job_id)
-        conn.execute(delete(fine_tuning_checkpoints).where(fine_tuning_checkpoints.c.job_id == job_id))
-        return found
-
-    return writes(run)
-
-
-# --- the queue ---
-
-
-def _claimable(now: float) -> ColumnElement[bool]:
-    j = fine_tuning_jobs.c
-    return and_(j.status.in_(ACTIVE), or_(j.worker_id.is_(None), j.lease_expires_at < now))
-
-
-def claim_job(writes: Writes, worker_id: str, *, lease_seconds: float, now: float) -> JobRow | None:
-    """Take the oldest job that is waiting, or whose worker's lease ran out. The row comes back as it was
-    before the claim (so the caller sees a lost worker's id); the database already names this worker."""
-    j = fine_tuning_jobs.c
-
-    def run(conn: Connection) -> JobRow | None:
-        stmt = select(*_JOB_COLUMNS).where(_claimable(now)).order_by(j.id).limit(1)
-        if conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        row = conn.execute(stmt).first()
-        if row is None:
-            return None
-        job = _job(row)
-        won = conn.execute(
-            update(fine_tuning_jobs)
-            .where(j.id == job.id, _claimable(now))
-            .values(worker_id=worker_id, lease_expires_at=now + lease_seconds)
-        ).rowcount
-        return job if won == 1 else None
-
-    return writes(run)
-
-
-def _winding_down(now: float) -> ColumnElement[bool]:
-    j = fine_tuning_jobs.c
-    return and_(j.status == "cancelled", j.lease_expires_at.is_not(None), j.lease_expires_at < now)
-
-
-def claim_wind_down(writes: Writes, worker_id: str, *, lease_seconds: float, now: float) -> JobRow | None:
-    """Take the oldest cancelled job whose wind-down no worker holds (module docstring), as `claim_job` does."""
-    j = fine_tuning_jobs.c
-
-    def run(conn: Connection) -> JobRow | None:
-        stmt = select(*_JOB_COLUMNS).where(_winding_down(now)).order_by(j.id).limit(1)
-        if conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        row = conn.execute(stmt).first()
-        if row is None:
-            return None
-        job = _job(row)
-        won = conn.execute(
-            update(fine_tuning_jobs)
-            .where(j.id == job.id, _winding_down(now))
-            .values(worker_id=worker_id, lease_expires_at=now + lease_seconds)
-        ).rowcount
-        return job if won == 1 else None
-
-    return writes(run)
-
-
-def hold_wind_down(writes: Writes, job_id: str, worker_id: str, *, lease_seconds: float, now: float) -> bool:
-    """The worker that held a job when it was cancelled keeps it to wind it down; False if another took it."""
-    j = fine_tuning_jobs.c
-    stmt = (
-        update(fine_tuning_jobs)
-        .where(j.id == job_id, j.worker_id == worker_id, j.status == "cancelled", j.lease_expires_at.is_not(None))
-        .values(lease_expires_at=now + lease_seconds)
-    )
-    return bool(writes(lambda conn: conn.execute(stmt).rowcount))
-
-
-def end_wind_down(writes: Writes, job_id: str, worker_id: str) -> bool:
-    j = fine_tuning_jobs.c
-    stmt = (
-        update(fine_tuning_jobs)
-        .where(j.id == job_id, j.worker_id == worker_id, j.status == "cancelled")
-        .values(worker_id=None, lease_expires_at=None)
-    )
-    return bool(writes(lambda conn: conn.execute(stmt).rowcount))
-
-
-def _held(job_id: str, worker_id: str) -> ColumnElement[bool]:
-    j = fine_tuning_jobs.c
-    return and_(j.id == job_id, j.worker_id == worker_id, j.status.in_(ACTIVE))
-
-
-def renew_lease(writes: Writes, job_id: str, worker_id: str, *, lease_seconds: float, now: float) -> bool:
-    """Heartbeat: push the lease forward. False once the job is no longer this worker's to run (cancelled,
-    or taken over after a missed lease)."""
-    stmt = update(fine_tuning_jobs).where(_held(job_id, worker_id)).values(lease_expires_at=now + lease_seconds)
-    return bool(writes(lambda conn: conn.execute(stmt).rowcount))
-
-
-def update_held_job(
-    writes: Writes, job_id: str, worker_id: str, values: dict[str, Any], events: Sequence[EventRow] = ()
-) -> bool:
-    """Change a job this worker holds, with its events, in one transaction; False if it no longer holds it."""
-
-    def run(conn: Connection) -> bool:
-        if values:
-            stmt = update(fine_tuning_jobs).where(_held(job_id, worker_id)).values(_encode(values))
-            changed = conn.execute(stmt).rowcount
-        else:
-            changed = len(conn.execute(select(fine_tuning_jobs.c.id).where(_held(job_id, worker_id))).all())
-        if changed:
-            _add_events(conn, events)
-        return bool(changed)
-
-    return writes(run)
-
-
-def add_held_checkpoint(writes: Writes, worker_id: str, checkpoint: CheckpointRow, event: EventRow) -> bool:
-    def run(conn: Connection) -> bool:
-        held = conn.execute(select(fine_tuning_jobs.c.id).where(_held(checkpoint.job_id, worker_id))).first()
-        if held is None:
-            return False
-        conn.execute(
-            insert(fine_tuning_checkpoints).values(
-                id=checkpoint.id,
-                job_id=checkpoint.job_id,
-                created_at=checkpoint.created_at,
-                step_number=checkpoint.step_number,
-                metrics=orjson.dumps(checkpoint.metrics).decode(),
-                fine_tuned_model_checkpoint=checkpoint.fine_tuned_model_checkpoint,
-                result_files=orjson.dumps(checkpoint.result_files).decode(),
-            )
-        )
-        _add_events(conn, [event])
-        return True
-
-    return writes(run)
-
-
-def finish_held_job(writes: Writes, job_id: str, worker_id: str, finish: Finish) -> bool:
-    """End a job this worker holds: final values, events, and (on success) the model it made, in one
-    transaction. False, writing nothing, if the job was cancelled or taken over meanwhile."""
-    values = _encode({**finish.values, "worker_id": None, "lease_expires_at": None})
-
-    def run(conn: Connection) -> bool:
-        if not conn.execute(update(fine_tuning_jobs).where(_held(job_id, worker_id)).values(values)).rowcount:
-            return False
-        _add_events(conn, finish.events)
-        if finish.model is not None:
-            m = finish.model
-            conn.execute(
-                insert(fine_tuned_models).values(
-                    name=m.name,
-                    project_id=m.project_id,
-                    job_id=m.job_id,
-                    base_model=m.base_model,
-                    gguf_file=m.gguf_file,
-                    created_at=m.created_at,
-                )
-            )
-        return True
-
-    return writes(run)
-
-
 def add_events(writes: Writes, events: Sequence[EventRow]) -> None:
-    writes(lambda conn: _add_events(conn, events))
+    writes(lambda conn: insert_events(conn, events))
 
 
 # --- fine-tuned models ---

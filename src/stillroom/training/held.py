@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from stillroom.store import job_queue as queue
 from stillroom.store import jobs as store
 from stillroom.store.db import Engine
 from stillroom.store.projects import Writes
@@ -50,7 +51,7 @@ class HeldJob:
             self.job.method = {**self.job.method, STATE_KEY: self.state}
             changes["method"] = self.job.method
         rows = [new_event(self.job.id, message) for message in events]
-        return store.update_held_job(self._writes, self.job.id, self._worker_id, changes, rows)
+        return queue.update_held_job(self._writes, self.job.id, self._worker_id, changes, rows)
 
     def mirror(self, values: dict[str, Any], events: list[dict[str, Any]], seen: str | None) -> bool:
         """Upstream events (oldest first) and job values, with the id of the newest event as the new cursor."""
@@ -69,7 +70,7 @@ class HeldJob:
             self.state["last_event"] = seen
             self.job.method = {**self.job.method, STATE_KEY: self.state}
             changes["method"] = self.job.method
-        return store.update_held_job(self._writes, self.job.id, self._worker_id, changes, rows)
+        return queue.update_held_job(self._writes, self.job.id, self._worker_id, changes, rows)
 
     def checkpoint_steps(self) -> set[int]:
         rows, _ = store.list_checkpoints(self.engine, self.job.id, after=None, limit=10_000)
@@ -79,7 +80,7 @@ class HeldJob:
         job = self.job
         name = fine_tuned_model_name(job.model, job.project_id, job.suffix, job.id) + f":ckpt-step-{step}"
         row = store.CheckpointRow(new_sortable_id("ftckpt_"), job.id, int(time.time()), step, metrics, name)
-        return store.add_held_checkpoint(
+        return queue.add_held_checkpoint(
             self._writes, self._worker_id, row, new_event(job.id, f"Checkpoint created at step {step}")
         )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stillroom.errors import QuotaExceededError
+from stillroom.store import job_queue as queue
 from stillroom.store import jobs as store
 from stillroom.store.blobs import FileStorage
 from stillroom.store.projects import Writes
@@ -52,7 +53,7 @@ class LeaseKeeper:
         interval = min(self._lease_seconds / 3, 2.0)
         while not self._stop.wait(interval):
             try:
-                held = store.renew_lease(
+                held = queue.renew_lease(
                     self._writes, self._job_id, self._worker_id, lease_seconds=self._lease_seconds, now=time.time()
                 )
             except Exception as exc:  # the heartbeat thread's edge: a missed beat is retried
@@ -92,7 +93,7 @@ class EventReporter:
             type_=str(event.get("type") or "message"),
             data=data,
         )
-        store.update_held_job(self._writes, job.id, self._worker_id, values, [row])
+        queue.update_held_job(self._writes, job.id, self._worker_id, values, [row])
 
     def _checkpoint(self, step: int, metrics: dict[str, Any], path: object) -> None:
         job = self._job
@@ -102,7 +103,7 @@ class EventReporter:
                 files = keep_checkpoint_adapter(self._writes, self._storage, job.project_id, job.id, step, path)
             except QuotaExceededError as exc:  # the run goes on without this checkpoint's file
                 warning = f"The adapter of the checkpoint at step {step} was not kept: {exc.message}"
-                store.update_held_job(
+                queue.update_held_job(
                     self._writes, job.id, self._worker_id, {}, [new_event(job.id, warning, level="warn")]
                 )
         name = fine_tuned_model_name(job.model, job.project_id, job.suffix, job.id) + f":ckpt-step-{step}"
@@ -110,5 +111,5 @@ class EventReporter:
             new_sortable_id("ftckpt_"), job.id, int(time.time()), step, metrics, name, files
         )
         event = new_event(job.id, f"Checkpoint created at step {step}")
-        if not store.add_held_checkpoint(self._writes, self._worker_id, checkpoint, event):  # cancelled or lost
+        if not queue.add_held_checkpoint(self._writes, self._worker_id, checkpoint, event):  # cancelled or lost
             remove_files(self._writes, self._storage, job.project_id, files)

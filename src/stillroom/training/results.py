@@ -12,6 +12,7 @@ from pathlib import Path
 
 from stillroom.files import register_result_file
 from stillroom.store import files as file_store
+from stillroom.store import job_queue as queue
 from stillroom.store import jobs as job_store
 from stillroom.store.blobs import FileStorage
 from stillroom.store.projects import Writes
@@ -71,4 +72,4 @@ def drop_checkpoint_files(writes: Writes, storage: FileStorage, job: job_store.J
 
 def drop_earlier_checkpoints(writes: Writes, storage: FileStorage, job: job_store.JobRow, worker_id: str) -> None:
     """A job that trains from the base again drops an earlier run's checkpoints, files included."""
-    remove_files(writes, storage, job.project_id, job_store.delete_held_checkpoints(writes, job.id, worker_id))
+    remove_files(writes, storage, job.project_id, queue.delete_held_checkpoints(writes, job.id, worker_id))

@@ -9,7 +9,7 @@ Heavy libraries are imported only by the runner, inside this process. A job whos
 there and follows it while this worker holds the lease; once it has an upstream job, a new worker follows that
 job again (`training/held.py`) however often workers are lost.
 
-A cancelled job that a worker had taken up is wound down (`store/jobs.py`): by its holder when it notices the
+A cancelled job that a worker had taken up is wound down (`store/job_queue.py`): by its holder when it notices the
 cancel, or by any worker once no live one holds it (queued again, or its worker lost): its checkpoint files
 are deleted, and an upstream job is cancelled there and its copies of the files deleted.
 """
@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from stillroom.config import ModelConfig
 from stillroom.errors import QuotaExceededError
 from stillroom.store import files as file_store
+from stillroom.store import job_queue as queue
 from stillroom.store import jobs as store
 from stillroom.store.blobs import FileStorage
 from stillroom.store.db import Engine
@@ -140,7 +141,7 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim one job and take it one step (validation, or the whole run); False when none was waiting."""
-        job = store.claim_job(self.writes, self.id, lease_seconds=self.lease_seconds, now=time.time())
+        job = queue.claim_job(self.writes, self.id, lease_seconds=self.lease_seconds, now=time.time())
         if job is None:
             return self._claim_wind_down()
         takeover = job.worker_id is not None
@@ -175,19 +176,18 @@ class Worker:
         return LeaseKeeper(self.writes, self.id, job_id, self.lease_seconds)
 
     def _finish(self, job: store.JobRow, values: dict[str, Any], message: str, level: str = "info") -> bool:
-        finish = store.Finish(
+        finish = queue.Finish(
             {**values, "finished_at": int(time.time()), "estimated_finish": None},
             [new_event(job.id, message, level=level)],
         )
-        finished = store.finish_held_job(self.writes, job.id, self.id, finish)
+        finished = queue.finish_held_job(self.writes, job.id, self.id, finish)
         if finished and values.get("status") == "failed":
             results.drop_checkpoint_files(self.writes, self.storage, job)
         return finished
 
-    # --- cancelled: winding down ---
-
     def _claim_wind_down(self) -> bool:
-        job = store.claim_wind_down(self.writes, self.id, lease_seconds=WIND_DOWN_SECONDS, now=time.time())
+        """A cancelled job's wind-down that no live worker holds (`store/job_queue.py`)."""
+        job = queue.claim_wind_down(self.writes, self.id, lease_seconds=WIND_DOWN_SECONDS, now=time.time())
         if job is None:
             return False
         log.info("worker %s winds down cancelled job %s", self.id, job.id)
@@ -202,7 +202,7 @@ class Worker:
             if is_attached(job) and base is not None and base.provider != "local" and self.upstream_runner:
                 self.upstream_runner.wind_down(HeldJob(self.engine, self.writes, self.id, job), base)
         finally:
-            store.end_wind_down(self.writes, job.id, self.id)
+            queue.end_wind_down(self.writes, job.id, self.id)
 
     # --- validating_files -> queued ---
 
@@ -225,7 +225,7 @@ class Worker:
             new_event(job.id, f"Validated training file: {n_examples} examples"),
             new_event(job.id, "Job enqueued"),
         ]
-        store.update_held_job(
+        queue.update_held_job(
             self.writes,
             job.id,
             self.id,
@@ -267,7 +267,7 @@ class Worker:
             "Fine-tuning job started" if not takeover else f"Worker {job.worker_id} stopped sending heartbeats; {again}"
         )
         attempts = job.attempts + 1
-        if not store.update_held_job(
+        if not queue.update_held_job(
             self.writes,
             job.id,
             self.id,
@@ -338,10 +338,10 @@ class Worker:
         if current is not None and current.status == "cancelled":
             store.add_events(self.writes, [new_event(job.id, f"Training stopped{step}: the job was cancelled")])
             now = time.time()
-            if store.hold_wind_down(self.writes, job.id, self.id, lease_seconds=WIND_DOWN_SECONDS, now=now):
+            if queue.hold_wind_down(self.writes, job.id, self.id, lease_seconds=WIND_DOWN_SECONDS, now=now):
                 self._wind_down(current)
         elif self.stopping.is_set():  # this worker is shutting down: another may take the job at once
-            store.update_held_job(
+            queue.update_held_job(
                 self.writes,
                 job.id,
                 self.id,
@@ -365,7 +365,7 @@ class Worker:
             gguf = ""  # served upstream: the row names no file, its job's state names the upstream's model
         made = int(time.time())
         model = store.ModelRow(name, job.project_id, job.id, job.model, gguf, made) if gguf is not None else None
-        finish = store.Finish(
+        finish = queue.Finish(
             {
                 "status": "succeeded",
                 "fine_tuned_model": name if model else None,
@@ -381,7 +381,7 @@ class Worker:
             ],
             model,
         )
-        if not store.finish_held_job(self.writes, job.id, self.id, finish):  # cancelled at the last moment
+        if not queue.finish_held_job(self.writes, job.id, self.id, finish):  # cancelled at the last moment
             results.remove_files(self.writes, self.storage, job.project_id, (row.id for row in registered))
         shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
 
