@@ -169,7 +169,7 @@ def test_pages_forward_and_back_with_the_keyboard(
     page.keyboard.press("Escape")
     expect(_rows(page)).to_have_count(2)
     page.keyboard.press("/")
-    expect(page.get_by_label("Model")).to_be_focused()
+    expect(page.get_by_label("Search messages and answers")).to_be_focused()
 
 
 def test_narrow_screen_labels_each_cell(page: Page, console_server: LiveServer, sdk: openai.OpenAI, tag: str) -> None:

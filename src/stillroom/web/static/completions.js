@@ -1,14 +1,17 @@
-// The Stored completions pane: filters, the table with keyset pages, multi-select, and the detail view
-// (messages, answer, parameters, metadata editing, delete). Filters live in the URL hash, so a view can be
-// bookmarked and the browser's back button walks the pages.
+// The Stored completions pane: filters (metadata, model, time range and full-text search, all answered by
+// the server), the table with keyset pages, multi-select, select-all-matching with delete by filter (its
+// dry-run count shown first), and the detail view (messages, answer, parameters, metadata editing,
+// delete). Filters live in the URL hash, so a view can be bookmarked and the browser's back button walks
+// the pages.
 
-import { api, ApiError, can, listAll, server } from "./api.js";
+import { api, ApiError, can, listAll, server, session } from "./api.js";
 import {
   confirmDialog, errorBox, field, formatLatency, formatNumber, formatTime, h, uid,
 } from "./dom.js";
 import { metadataEditor, renderMessage, renderChoice, summaryList } from "./detail.js";
 
 const selected = new Set(); // ids, kept across pages until cleared or the filters change
+let allMatching = null; // the dry-run count when every completion the filters match is selected, else null
 const firstMessages = new Map(); // id -> first user message text (or "" when none)
 let cursors = []; // `after` values of the pages before this one, for "Previous"
 let filterKey = null;
@@ -27,6 +30,7 @@ function filtersFrom(params) {
     limit: /^(100|[1-9][0-9]?)$/.test(params.get("limit") || "") ? params.get("limit") : "20",
     from: params.get("from") || "",
     to: params.get("to") || "",
+    q: params.get("q") || "",
     after: params.get("after") || "",
     metadata,
   };
@@ -40,16 +44,46 @@ export function hashFor(filters, extra = {}) {
   if (all.limit !== "20") params.set("limit", all.limit);
   if (all.from) params.set("from", all.from);
   if (all.to) params.set("to", all.to);
+  if (all.q) params.set("q", all.q);
   for (const [key, value] of all.metadata) params.append(`m.${key}`, value);
   if (all.after) params.set("after", all.after);
   const text = params.toString();
   return text ? `#/completions?${text}` : "#/completions";
 }
 
+// The range inputs hold local times ("2026-12-01T09:30:00"); the API takes unix seconds, `created_before`
+// exclusive, so "To" includes its own second.
+function seconds(local, end = false) {
+  if (!local) return null;
+  const time = new Date(local).getTime();
+  return Number.isNaN(time) ? null : Math.floor(time / 1000) + (end ? 1 : 0);
+}
+
 function listQuery(filters) {
-  const query = [["limit", filters.limit], ["order", filters.order], ["after", filters.after], ["model", filters.model]];
+  const query = [["limit", filters.limit], ["order", filters.order], ["after", filters.after], ["model", filters.model],
+    ["created_after", seconds(filters.from)], ["created_before", seconds(filters.to, true)], ["search", filters.q]];
   for (const [key, value] of filters.metadata) query.push([`metadata[${key}]`, value]);
   return query;
+}
+
+// The filters as the body of POST /organization/projects/{id}/chat_completions/delete.
+function deleteFilter(filters) {
+  const body = {};
+  if (filters.metadata.length) body.metadata = Object.fromEntries(filters.metadata);
+  if (filters.model) body.model = filters.model;
+  if (seconds(filters.from) !== null) body.created_after = seconds(filters.from);
+  if (seconds(filters.to, true) !== null) body.created_before = seconds(filters.to, true);
+  if (filters.q) body.search = filters.q;
+  return body;
+}
+
+function isFiltered(filters) {
+  return Boolean(filters.model || filters.metadata.length || filters.from || filters.to || filters.q);
+}
+
+function bulkPath() {
+  const project = server.me?.project_id || session.project || "default";
+  return `organization/projects/${encodeURIComponent(project)}/chat_completions/delete`;
 }
 
 function unauthorized(error) {
@@ -69,6 +103,8 @@ function pairRow(key = "", value = "") {
 function filterForm(filters, models) {
   const listId = uid("models");
   const model = h("input", { type: "text", name: "model", value: filters.model, list: listId, autocomplete: "off" });
+  const search = h("input", { type: "search", name: "search", value: filters.q, autocomplete: "off",
+    placeholder: "words in messages or answers" });
   const pairs = h("div.pairs", filters.metadata.map(([k, v]) => pairRow(k, v)));
   const from = h("input", { type: "datetime-local", name: "from", value: filters.from, step: "1" });
   const to = h("input", { type: "datetime-local", name: "to", value: filters.to, step: "1" });
@@ -78,6 +114,7 @@ function filterForm(filters, models) {
   const limit = h("select", { name: "limit" },
     [...new Set(["20", "50", "100", filters.limit])].map((n) => h("option", { value: n, selected: filters.limit === n }, n)));
   const form = h("form.filters", { role: "search", "aria-label": "Filter stored completions" },
+    field("Search messages and answers", search),
     field("Model", model),
     h("datalist", { id: listId }, models.map((m) => h("option", { value: m }))),
     h("fieldset.metadata",
@@ -89,7 +126,7 @@ function filterForm(filters, models) {
       h("legend", "Created"),
       field("From", from),
       field("To", to),
-      h("small.hint", "Time range filters the loaded page only: the list API has no time filter yet.")),
+      h("small.hint", "Local time; both ends included.")),
     field("Order", order),
     field("Per page", limit),
     h("div.actions",
@@ -103,20 +140,14 @@ function filterForm(filters, models) {
       if (k.value.trim()) metadata.push([k.value.trim(), v.value]);
     }
     location.hash = hashFor({
-      model: model.value.trim(), order: order.value, limit: limit.value, from: from.value, to: to.value, metadata, after: "",
+      model: model.value.trim(), order: order.value, limit: limit.value, from: from.value, to: to.value,
+      q: search.value.trim(), metadata, after: "",
     });
   });
   return form;
 }
 
 // --- the table -----------------------------------------------------------------------------------
-
-function inRange(item, filters) {
-  const created = (item.created || 0) * 1000;
-  if (filters.from && created < new Date(filters.from).getTime()) return false;
-  if (filters.to && created > new Date(filters.to).getTime()) return false;
-  return true;
-}
 
 function chips(metadata, filters) {
   const entries = Object.entries(metadata || {});
@@ -135,7 +166,8 @@ function tokens(usage) {
 }
 
 function row(item, filters, onSelect) {
-  const box = h("input", { type: "checkbox", checked: selected.has(item.id), "aria-label": `Select ${item.id}` });
+  const box = h("input", { type: "checkbox", checked: allMatching !== null || selected.has(item.id),
+    disabled: allMatching !== null, "aria-label": `Select ${item.id}` });
   box.addEventListener("change", () => {
     if (box.checked) selected.add(item.id);
     else selected.delete(item.id);
@@ -216,6 +248,7 @@ export async function renderCompletions(view, params) {
   const key = JSON.stringify({ ...filters, after: "" });
   if (key !== filterKey) {
     if (filterKey !== null) selected.clear();
+    allMatching = null;
     filterKey = key;
     cursors = [];
   }
@@ -228,6 +261,8 @@ export async function renderCompletions(view, params) {
   const count = h("span.count", { "aria-live": "polite" });
   const acts = can("stored-completions/action");
   const deleteButton = h("button.danger", { type: "button", disabled: true, hidden: !acts }, "Delete selected");
+  // Once every row of the page is selected: widen the selection to every match (counted by a dry run).
+  const allMatchingButton = h("button.quiet", { type: "button", hidden: true }, "Select all matching");
   const clearButton = h("button.quiet", { type: "button", disabled: true }, "Clear selection");
   // Distill and Evaluate take the selected ids, or with none selected every completion the filters match.
   const scope = () => {
@@ -241,9 +276,24 @@ export async function renderCompletions(view, params) {
     onclick: () => { location.hash = `#/distill?${scope()}`; } }, "Distill");
   const evaluateButton = h("button", { type: "button", hidden: !acts, title: "Grade the answers and compare models",
     onclick: () => { location.hash = `#/evaluate?${scope()}`; } }, "Evaluate");
+  // Distill and Evaluate carry ids, model and metadata: a search or time range needs rows selected.
+  const narrowed = Boolean(filters.q || filters.from || filters.to);
   const onSelect = () => {
-    count.textContent = selected.size ? `${selected.size} selected` : acts ? "None selected: Distill and Evaluate take every match" : "None selected";
-    deleteButton.disabled = clearButton.disabled = !selected.size;
+    if (allMatching !== null) {
+      count.textContent = `All ${formatNumber(allMatching)} matching selected`;
+      deleteButton.textContent = `Delete all ${formatNumber(allMatching)} matching`;
+    } else {
+      count.textContent = selected.size ? `${selected.size} selected`
+        : acts && !narrowed ? "None selected: Distill and Evaluate take every match" : "None selected";
+      deleteButton.textContent = "Delete selected";
+    }
+    const any = allMatching !== null || selected.size > 0;
+    deleteButton.disabled = clearButton.disabled = !any;
+    const bare = narrowed && (allMatching !== null || !selected.size);
+    for (const button of [distillButton, evaluateButton]) {
+      button.disabled = bare;
+      button.title = bare ? "Select rows: Distill and Evaluate cannot take a search or a time range as their scope" : "";
+    }
     syncAll();
   };
   const allBox = h("input", { type: "checkbox", "aria-label": "Select every row on this page" });
@@ -260,6 +310,9 @@ export async function renderCompletions(view, params) {
     const on = boxes.filter((b) => b.checked).length;
     allBox.checked = boxes.length > 0 && on === boxes.length;
     allBox.indeterminate = on > 0 && on < boxes.length;
+    allBox.disabled = allMatching !== null;
+    // Delete by filter needs a filter (the server refuses to empty a project this way).
+    allMatchingButton.hidden = !acts || allMatching !== null || !allBox.checked || !isFiltered(filters);
   };
   allBox.addEventListener("change", () => {
     const wanted = allBox.checked; // each row's click re-syncs the header box, so read it once
@@ -272,18 +325,36 @@ export async function renderCompletions(view, params) {
   const shown = h("p.shown.muted");
   view.replaceChildren(h("section.pane", { "aria-labelledby": "completions-title" },
     title, filterForm(filters, server.models),
-    h("div.toolbar", { role: "toolbar", "aria-label": "Selection" }, count, distillButton, evaluateButton, deleteButton, clearButton),
+    h("div.toolbar", { role: "toolbar", "aria-label": "Selection" }, count, allMatchingButton, distillButton, evaluateButton,
+      deleteButton, clearButton),
     status, h("div.table-wrap", table), shown, pager,
-    h("p.keys.muted", "Keys: ", h("kbd", "/"), " filter, ", h("kbd", "j"), " ", h("kbd", "k"), " move, ",
+    h("p.keys.muted", "Keys: ", h("kbd", "/"), " search, ", h("kbd", "j"), " ", h("kbd", "k"), " move, ",
       h("kbd", "Enter"), " open, ", h("kbd", "x"), " select.")));
   title.id = "completions-title";
   onSelect();
   clearButton.addEventListener("click", () => {
     selected.clear();
-    for (const box of body.querySelectorAll("input[type=checkbox]")) box.checked = false;
+    allMatching = null;
+    for (const box of body.querySelectorAll("input[type=checkbox]")) {
+      box.checked = false;
+      box.disabled = false;
+    }
     onSelect();
   });
-  deleteButton.addEventListener("click", () => deleteSelected(status, filters));
+  allMatchingButton.addEventListener("click", async () => {
+    allMatchingButton.disabled = true;
+    try {
+      const counted = await api(bulkPath(), { method: "POST", body: { ...deleteFilter(filters), dry_run: true } });
+      allMatching = counted.matched;
+      for (const box of body.querySelectorAll("input[type=checkbox]")) box.disabled = true;
+    } catch (error) {
+      status.replaceChildren(errorBox(error));
+    } finally {
+      allMatchingButton.disabled = false;
+    }
+    onSelect();
+  });
+  deleteButton.addEventListener("click", () => (allMatching !== null ? deleteMatching(status, filters) : deleteSelected(status, filters)));
 
   let page;
   body.append(h("tr", h("td.loading", { colspan: 8 }, "Loading…")));
@@ -295,21 +366,16 @@ export async function renderCompletions(view, params) {
     status.append(errorBox(error));
     return;
   }
-  const items = page.data.filter((item) => inRange(item, filters));
+  const items = page.data;
   body.replaceChildren(...items.map((item) => row(item, filters, onSelect)));
   if (!items.length) {
-    const filtered = filters.model || filters.metadata.length || filters.from || filters.to;
     body.append(h("tr.empty", h("td", { colspan: 8 },
-      page.data.length ? "No completion on this page falls in the time range."
-        : filtered ? "No stored completions match these filters."
-          : h("span", "No stored completions yet. Send a chat completion with ", h("code", "store: true"),
-            " and it appears here."))));
+      isFiltered(filters) ? "No stored completions match these filters."
+        : h("span", "No stored completions yet. Send a chat completion with ", h("code", "store: true"),
+          " and it appears here."))));
   }
-  const hidden = page.data.length - items.length;
-  shown.textContent = page.data.length
-    ? `${items.length} shown on this page${hidden ? ` (${hidden} outside the time range)` : ""}${page.has_more ? "; more on the next page" : ""}.`
-    : "";
-  syncAll();
+  shown.textContent = items.length ? `${items.length} shown on this page${page.has_more ? "; more on the next page" : ""}.` : "";
+  onSelect();
   if (cursors.length || filters.after) {
     pager.append(h("button.quiet", { type: "button", onclick: () => {
       const previous = cursors.pop() ?? "";
@@ -346,6 +412,34 @@ async function deleteSelected(status, filters) {
     return;
   }
   setFlash(`Deleted ${ids.length} stored completion${ids.length === 1 ? "" : "s"}.`);
+  const target = hashFor(filters);
+  if (location.hash === target) window.dispatchEvent(new HashChangeEvent("hashchange"));
+  else location.hash = target;
+}
+
+async function deleteMatching(status, filters) {
+  let counted;
+  try {
+    counted = await api(bulkPath(), { method: "POST", body: { ...deleteFilter(filters), dry_run: true } });
+  } catch (error) {
+    status.replaceChildren(errorBox(error));
+    return;
+  }
+  const n = counted.matched;
+  const ok = await confirmDialog(`Delete ${formatNumber(n)} stored completion${n === 1 ? "" : "s"}?`,
+    `Every completion these filters match (${formatNumber(n)} by a dry run just now, including any stored since) is removed for good, with its messages and metadata.`,
+    `Delete ${formatNumber(n)}`);
+  if (!ok) return;
+  let done;
+  try {
+    done = await api(bulkPath(), { method: "POST", body: deleteFilter(filters) });
+  } catch (error) {
+    status.replaceChildren(errorBox(error));
+    return;
+  }
+  allMatching = null;
+  selected.clear();
+  setFlash(`Deleted ${formatNumber(done.deleted)} stored completion${done.deleted === 1 ? "" : "s"} matching the filters.`);
   const target = hashFor(filters);
   if (location.hash === target) window.dispatchEvent(new HashChangeEvent("hashchange"));
   else location.hash = target;
