@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import openai
@@ -60,6 +61,10 @@ def test_distill_wizard_trains_a_student_that_answers_in_the_playground(
     expect(page.locator("svg.line-chart circle.point.s0")).to_have_count(steps)
     expect(page.locator("figure.chart-box figcaption")).to_contain_text(f"Step {steps} of {steps}")
     expect(page.locator("table.checkpoints tbody tr").first).to_contain_text(f"{TINY}:default:console:{job_id}")
+    with page.expect_download() as adapter:  # the checkpoint's adapter, a zipped PEFT folder
+        page.locator("table.checkpoints tbody tr").first.get_by_role("button", name="Download adapter").click()
+    with zipfile.ZipFile(adapter.value.path()) as zipped:
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= set(zipped.namelist())
     expect(page.locator("ol.events")).to_contain_text("The job has successfully completed")
     expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
 

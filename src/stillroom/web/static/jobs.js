@@ -1,7 +1,7 @@
 // Fine-tuning jobs: the list, and a job's page (status, the live loss curve drawn from its metrics events,
 // events, checkpoints, cancel) with a playground that sends one prompt to the student and to its base.
 
-import { api, ApiError, can } from "./api.js";
+import { api, ApiError, can, download } from "./api.js";
 import { badge, confirmDialog, errorBox, field, formatNumber, formatTime, h, loadStyles, poll } from "./dom.js";
 import { legend, lineChart } from "./charts.js";
 
@@ -80,13 +80,23 @@ function eventList(events) {
     h("time", formatTime(e.created_at)), " ", h("span.badge", e.type), " ", e.message)));
 }
 
+// A checkpoint's adapter (Stillroom's `result_files` on the checkpoint), or a dash once it was deleted.
+function adapterCell(checkpoint) {
+  const fileId = checkpoint.result_files?.[0];
+  if (!fileId) return h("td", "—");
+  const name = `${checkpoint.fine_tuning_job_id}-ckpt-step-${checkpoint.step_number}-adapter.zip`;
+  return h("td", h("button.quiet", { type: "button", onclick: () => download(`files/${encodeURIComponent(fileId)}/content`, [], name) },
+    "Download adapter"));
+}
+
 function checkpointTable(checkpoints) {
   if (!checkpoints.length) return h("p.muted", "No checkpoints yet (one per epoch, and at the last step).");
   return h("div.table-wrap", h("table.plain.checkpoints",
-    h("thead", h("tr", ["Step", "Checkpoint model", "Training loss", "Validation loss"].map((c) => h("th", { scope: "col" }, c)))),
+    h("thead", h("tr", ["Step", "Checkpoint model", "Training loss", "Validation loss", "Adapter"].map((c) => h("th", { scope: "col" }, c)))),
     h("tbody", checkpoints.map((c) => h("tr",
       h("td", c.step_number), h("td", h("code", c.fine_tuned_model_checkpoint)),
-      h("td", c.metrics?.train_loss?.toFixed?.(4) ?? "—"), h("td", c.metrics?.valid_loss?.toFixed?.(4) ?? "—"))))));
+      h("td", c.metrics?.train_loss?.toFixed?.(4) ?? "—"), h("td", c.metrics?.valid_loss?.toFixed?.(4) ?? "—"),
+      adapterCell(c))))));
 }
 
 export async function renderJob(view, jobId) {
