@@ -341,11 +341,6 @@ def test_stored_stream_asks_upstream_for_usage_and_hides_it_from_a_client_that_d
     assert "stream_options" not in (stored.model_extra or {})  # what the client asked, not what Stillroom added
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="list(model=) matches only the configured name until the store keeps the stored object's own model "
-    "in an indexed column (store/completions.py, migration 0002: asked of the storage work in issue 6)",
-)
 def test_list_model_filter_also_matches_the_model_the_stored_object_reports(client: openai.OpenAI, tag: str) -> None:
     answer = client.chat.completions.create(
         model="relay", messages=PROMPT, max_tokens=1, store=True, metadata={"tag": tag}

@@ -338,6 +338,33 @@ def test_model_filter(engine: Engine, project: str, tagged: dict[str, Completion
     assert list_all(engine, project, model="gpt-z") == []
 
 
+def test_model_filter_matches_the_configured_name_or_the_stored_objects_own(engine: Engine, project: str) -> None:
+    relayed = record(project, model="relay")
+    relayed.response["model"] = "smol-135m"  # the upstream answered with its own name
+    direct = record(project, model="smol-135m")  # both names the same: listed once
+    other = record(project, model="other")
+    relayed_again = record(project, model="relay", metadata={"env": "prod"})
+    relayed_again.response["model"] = "smol-135m"
+    save_completions(engine, [relayed, direct, other, relayed_again])
+    every = [relayed.id, direct.id, relayed_again.id]
+    assert ids(list_all(engine, project, model="smol-135m")) == every
+    assert ids(list_all(engine, project, model="smol-135m", descending=True)) == every[::-1]
+    assert ids(list_all(engine, project, model="relay")) == [relayed.id, relayed_again.id]
+    assert ids(list_all(engine, project, model="smol-135m", metadata={"env": "prod"})) == [relayed_again.id]
+    for descending in (False, True):  # pages of one, walking both names: each completion once, in order
+        walked: list[str] = []
+        after = None
+        while True:
+            page, more = list_completions(
+                engine, project, metadata={}, model="smol-135m", after=after, limit=1, descending=descending
+            )
+            walked += ids(page)
+            if not more:
+                break
+            after = page[-1].id
+        assert walked == (every[::-1] if descending else every)
+
+
 def test_metadata_and_model_filters_combine(engine: Engine, project: str, tagged: dict[str, CompletionRecord]) -> None:
     assert names(tagged, list_all(engine, project, metadata={"team": "search"}, model="gpt-b")) == ["b", "f"]
     both = list_all(engine, project, metadata={"team": "search", "env": "prod"}, model="gpt-a")

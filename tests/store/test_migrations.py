@@ -217,3 +217,32 @@ def test_0002_numbers_existing_rows_in_id_order_and_widens_time_and_size_columns
         assert conn.execute(select(completions.c.created).where(completions.c.id == "chatcmpl-ms")).scalar() == (
             1_700_000_000_123
         )
+
+
+def test_0008_fills_response_model_from_the_stored_responses(empty_engine: Engine) -> None:
+    upgrade_database(empty_engine, "0007")
+    responses = {
+        "chatcmpl-a": '{"model": "gpt-4o-mini-2024-07-18"}',
+        "chatcmpl-b": '{"model": 7}',  # not a string: no name
+        "chatcmpl-c": "{}",
+        "chatcmpl-d": '{"model": "' + "m" * 300 + '"}',  # cut to the column's 256 characters
+    }
+    with empty_engine.begin() as conn:
+        for n, (cid, response) in enumerate(responses.items()):
+            row = {**completion_row(cid, n), "response": response}
+            conn.execute(
+                text(
+                    "INSERT INTO completions (" + ", ".join(row) + ") VALUES (" + ", ".join(f":{k}" for k in row) + ")"
+                ),
+                row,
+            )
+    upgrade_database(empty_engine)
+    assert schema_diff(empty_engine) == []
+    with empty_engine.begin() as conn:
+        filled = dict(conn.execute(text("SELECT id, response_model FROM completions")).all())
+    assert filled == {
+        "chatcmpl-a": "gpt-4o-mini-2024-07-18",
+        "chatcmpl-b": "",
+        "chatcmpl-c": "",
+        "chatcmpl-d": "m" * 256,
+    }

@@ -32,7 +32,7 @@ def plan_engine(db_url: str) -> Iterator[Engine]:
             model="rare" if i % 400 == 0 else f"model-{i % 3}",
             provider="openai",
             request={},
-            response={"created": 1, "choices": []},
+            response={"created": 1, "model": f"{'rare' if i % 400 == 0 else f'model-{i % 3}'}-2024", "choices": []},
             messages=[{"role": "user", "content": f"question {i}"}],
             metadata={"tag": f"t{i % 50}", "user": f"u{i % 400}", "experiment": f"e{i % 3}"},
             request_id="req",
@@ -64,8 +64,7 @@ def _plan(engine: Engine, **query: object) -> str:
         ({"metadata": [("tag", "t7")]}, "ix_completion_metadata_lookup"),
         ({"metadata": [("user", "u9"), ("tag", "t9")], "after_seq": 10}, "ix_completion_metadata_lookup"),
         ({"metadata": [("tag", "t7")], "descending": True}, "ix_completion_metadata_lookup"),
-        ({"model": "rare"}, "ix_completions_project_model_seq"),
-        ({"model": "rare", "after_seq": 10, "descending": True}, "ix_completions_project_model_seq"),
+        ({"metadata": [("tag", "t7")], "model": "model-1"}, "ix_completion_metadata_lookup"),
         # Unfiltered, the planner may walk the (project, seq) index or the global seq index: both in list order.
         ({}, "ix_completions_project_seq|ux_completions_seq"),
         ({"after_seq": 10}, "ix_completions_project_seq|ux_completions_seq"),
@@ -79,3 +78,21 @@ def test_list_filters_use_their_index(plan_engine: Engine, query: dict[str, obje
         assert "USE TEMP B-TREE FOR ORDER BY" not in plan, plan
     else:
         assert "Seq Scan" not in plan and "Sort" not in plan, plan
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"model": "rare"}, {"model": "rare-2024", "after_seq": 10, "descending": True}],
+    ids=["configured", "own-desc"],
+)
+def test_a_model_filter_walks_each_model_index_one_page_at_most(plan_engine: Engine, query: dict[str, object]) -> None:
+    """`model` matches the configured name or the stored object's own: one walk of each (project, name,
+    seq) index in list order, each cut at the page size, so what is merged (or sorted) is two pages at most."""
+    plan = _plan(plan_engine, **query)
+    assert "ix_completions_project_model_seq" in plan, plan
+    assert "ix_completions_project_response_model_seq" in plan, plan
+    if plan_engine.dialect.name == "sqlite":
+        assert "SCAN completions" not in plan, plan
+    else:
+        assert "Seq Scan" not in plan, plan
+        assert plan.count("Limit") >= 3, plan  # the page, and each walk under it

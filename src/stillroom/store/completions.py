@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     union_all,
     update,
@@ -130,6 +131,7 @@ _COMPLETION_COLUMNS = (
     "id",
     "project_id",
     "model",
+    "response_model",
     "created",
     "provider",
     "request",
@@ -297,6 +299,7 @@ def serialise_completions(records: Sequence[CompletionRecord]) -> tuple[Rows, Ro
                 record.id,
                 record.project_id,
                 record.model,
+                _response_model(record.response.get("model")),
                 _created(record.response.get("created")),
                 record.provider,
                 request.decode(),
@@ -318,6 +321,11 @@ def serialise_completions(records: Sequence[CompletionRecord]) -> tuple[Rows, Ro
         for (project, digest), (body, refs) in sorted(contents.items())
     ]
     return content_rows, rows, meta_rows
+
+
+def _response_model(value: Any) -> str:
+    """The stored object's own model name, as `list(model=...)` matches it ("" when it has none)."""
+    return value[:256] if isinstance(value, str) else ""
 
 
 def _created(value: Any) -> int:
@@ -447,10 +455,15 @@ def list_statement(
     narrowing: Narrowing | None = None,
     dialect: str = "sqlite",
 ) -> Select[Any]:
-    """The list query (public so that tests can EXPLAIN it). The first metadata pair drives it.
+    """The list query (public so that tests can EXPLAIN it). The first metadata pair drives it; without one,
+    a model filter does (`_either_model`). `model` matches the configured name or the stored object's own.
     A search joins the index (on SQLite its rowid order drives the walk: FTS5 hands back rows in rowid =
     seq order); a time range bounds whichever key drives (`Narrowing`)."""
     narrowing = narrowing or Narrowing()
+    if model is not None and not metadata and narrowing.search is None:
+        return _either_model(
+            project_id, model, after_seq=after_seq, limit=limit, descending=descending, narrowing=narrowing
+        )
     c = completions
     stmt = select(*_COLUMNS).where(c.c.project_id == project_id)
     key: Any = c.c.seq  # the seq column that drives the walk
@@ -469,6 +482,8 @@ def list_statement(
         )
         if narrowing.search is None or dialect != "sqlite":
             key = first.c.seq
+        else:  # the index drives: each of its rows is a point probe of the pair's (..., seq) index
+            stmt = stmt.where(first.c.seq == key)
         for i, (k, v) in enumerate(pairs[1:], start=1):
             m = completion_metadata.alias(f"m{i}")
             # A point probe of the same index: a completion's seq is unique, so (project, key, value, seq)
@@ -477,11 +492,38 @@ def list_statement(
                 exists().where(m.c.project_id == project_id, m.c.key == k, m.c.value == v, m.c.seq == first.c.seq)
             )
     if model is not None:
-        stmt = stmt.where(c.c.model == model)
+        stmt = stmt.where(or_(c.c.model == model, c.c.response_model == model))
     if after_seq is not None:
         stmt = stmt.where(key < after_seq if descending else key > after_seq)
     stmt = narrowing.bound(stmt, key)
     return stmt.order_by(key.desc() if descending else key.asc()).limit(limit)
+
+
+def _either_model(
+    project_id: str,
+    model: str,
+    *,
+    after_seq: int | None,
+    limit: int,
+    descending: bool,
+    narrowing: Narrowing | None = None,
+) -> Select[Any]:
+    """A page of the completions whose configured or own model is `model`: one walk of each name's
+    (project, name, seq) index, each cut at `limit`, merged in list order (the second leaves out what the
+    first finds, so nothing comes twice)."""
+    c = completions.c
+
+    def walk(*where: Any) -> Select[Any]:
+        stmt = select(*_COLUMNS).where(c.project_id == project_id, *where)
+        if after_seq is not None:
+            stmt = stmt.where(c.seq < after_seq if descending else c.seq > after_seq)
+        if narrowing is not None:
+            stmt = narrowing.bound(stmt, c.seq)
+        page = stmt.order_by(c.seq.desc() if descending else c.seq.asc()).limit(limit).subquery()
+        return select(*page.c)
+
+    both = union_all(walk(c.model == model), walk(c.response_model == model, c.model != model)).subquery()
+    return select(*both.c).order_by(both.c.seq.desc() if descending else both.c.seq.asc()).limit(limit)
 
 
 _S = TypeVar("_S", bound=Select[Any])

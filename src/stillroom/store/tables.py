@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -30,7 +31,8 @@ completions = Table(
     Column("id", IdString, primary_key=True),
     Column("seq", BigInteger, nullable=False),
     Column("project_id", String(64), nullable=False, server_default=DEFAULT_PROJECT),
-    Column("model", String(256), nullable=False),
+    Column("model", String(256), nullable=False),  # the configured name the client asked for
+    Column("response_model", String(256), nullable=False, server_default=text("''")),  # the stored object's "model"
     Column("created", BigInteger, nullable=False),
     Column("provider", String(32), nullable=False),
     Column("request", Text, nullable=False),  # request parameters, without messages and metadata
@@ -47,6 +49,7 @@ completions = Table(
     Index("ux_completions_seq", "seq", unique=True),
     Index("ix_completions_project_seq", "project_id", "seq"),
     Index("ix_completions_project_model_seq", "project_id", "model", "seq"),
+    Index("ix_completions_project_response_model_seq", "project_id", "response_model", "seq"),
     Index("ix_completions_project_clock", "project_id", "clock", "seq"),
 )
 
