@@ -250,3 +250,16 @@ def test_time_bounds_match_the_id_floor() -> None:
     micros = id_micros(new_completion_id())
     assert completion_id_floor(micros) <= at(micros) < completion_id_floor(micros + 1)
     assert id_micros(at(micros)) == micros
+
+
+def test_search_and_metadata_give_the_same_rows_whichever_is_rarer(engine: Engine, project: str) -> None:
+    rare = "zq" + uuid.uuid4().hex[:10]
+    recs = [
+        record(project, f"common words {rare if i in (3, 7) else ''}", team="x" if i % 4 else "y") for i in range(12)
+    ]
+    save_completions(engine, recs)
+    ids = [r.id for r in recs]
+    # The word is rarer than team=x (2 vs 9 rows): the index drives; team=y is rarer than "common": the pair does.
+    assert found(engine, project, search=rare, metadata={"team": "x"}) == [ids[3], ids[7]]
+    assert found(engine, project, search="common", metadata={"team": "y"}) == ids[0::4]
+    assert found(engine, project, search=f"{rare} common", metadata={"team": "x"}, descending=True) == [ids[7], ids[3]]

@@ -17,7 +17,7 @@ import functools
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import orjson
@@ -396,6 +396,8 @@ def _page(
     pairs = _rarest_first(conn, project_id, metadata) if len(metadata) > 1 else list(metadata.items())
     if pairs is None:
         return [], False
+    if narrowing is not None and narrowing.search is not None and pairs and conn.dialect.name == "sqlite":
+        narrowing = replace(narrowing, search_drives=_is_search_rarer(conn, project_id, pairs[0], narrowing.search))
     stmt = list_statement(
         project_id,
         metadata=pairs,
@@ -424,6 +426,22 @@ def _cursor_seq(conn: Connection, project_id: str, completion_id: str) -> int:
 
 
 _SELECTIVITY_PROBE = 1000
+
+
+def _is_search_rarer(conn: Connection, project_id: str, pair: tuple[str, str], words: Words) -> bool:
+    """Whether fewer completions match the search than carry the pair (each counted up to a cap)."""
+    m = completion_metadata.c
+    found, condition = search.matching_seqs(conn.dialect.name, words)
+    hits = select(found).select_from(search.search_table).where(condition).limit(_SELECTIVITY_PROBE).subquery()
+    carried = (
+        select(m.seq)
+        .where(m.project_id == project_id, m.key == pair[0], m.value == pair[1])
+        .limit(_SELECTIVITY_PROBE)
+        .subquery()
+    )
+    n_hits = conn.execute(select(func.count()).select_from(hits)).scalar() or 0
+    n_carried = conn.execute(select(func.count()).select_from(carried)).scalar() or 0
+    return n_hits <= n_carried
 
 
 def _rarest_first(conn: Connection, project_id: str, metadata: dict[str, str]) -> list[tuple[str, str]] | None:
@@ -468,22 +486,33 @@ def list_statement(
     stmt = select(*_COLUMNS).where(c.c.project_id == project_id)
     key: Any = c.c.seq  # the seq column that drives the walk
     pairs = metadata
-    if narrowing.search is not None:
+    # SQLite: the search index drives the walk (in its rowid = seq order) unless a metadata pair is rarer
+    # (Narrowing.search_drives); then each pair row probes the index for its seq. PostgreSQL's planner
+    # chooses between the GIN index and the list order itself.
+    search_drives = narrowing.search is not None and (dialect != "sqlite" or not pairs or narrowing.search_drives)
+    if narrowing.search is not None and search_drives:
         found, condition = search.matching_seqs(dialect, narrowing.search)
         stmt = stmt.join(search.search_table, found == c.c.seq).where(condition)
         if dialect == "sqlite":
             key = found
-    if pairs:
+    if pairs and dialect == "sqlite" and narrowing.search is not None and search_drives:
+        for i, (k, v) in enumerate(pairs):
+            m = completion_metadata.alias(f"m{i}")
+            stmt = stmt.where(
+                exists().where(m.c.project_id == project_id, m.c.key == k, m.c.value == v, m.c.seq == key)
+            )
+    elif pairs:
         # The first pair drives the query through its (project, key, value, seq) index, in list order.
         first = completion_metadata.alias("m0")
         k0, v0 = pairs[0]
         stmt = stmt.join(first, first.c.completion_id == c.c.id).where(
             first.c.project_id == project_id, first.c.key == k0, first.c.value == v0
         )
-        if narrowing.search is None or dialect != "sqlite":
-            key = first.c.seq
-        else:  # the index drives: each of its rows is a point probe of the pair's (..., seq) index
-            stmt = stmt.where(first.c.seq == key)
+        key = first.c.seq
+        if narrowing.search is not None and not search_drives:
+            found, condition = search.matching_seqs(dialect, narrowing.search)
+            probe = select(literal(1)).select_from(search.search_table).where(found == key, condition)
+            stmt = stmt.where(probe.exists())
         for i, (k, v) in enumerate(pairs[1:], start=1):
             m = completion_metadata.alias(f"m{i}")
             # A point probe of the same index: a completion's seq is unique, so (project, key, value, seq)
@@ -539,6 +568,7 @@ class Narrowing:
     id_to: str | None = None
     first_seq: int | None = None
     stop_seq: int | None = None
+    search_drives: bool = True  # SQLite, with metadata pairs too: whether the search is the rarer (_page)
 
     def bound(self, stmt: _S, key: Any) -> _S:
         """`stmt` walking `key` (a seq) only over the seq range, keeping the ids in the range."""

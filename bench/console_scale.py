@@ -1,0 +1,301 @@
+"""The console's list calls on a large store: the API time of a filter change (metadata, model, time range) and
+of a full-text search, through HTTP to a live `stillroom serve`, on SQLite and PostgreSQL; and the bytes of a
+cold console load (Debian's chromium via Playwright, as the browser tests drive it).
+
+    .venv/bin/python -m bench.console_scale --backend sqlite --rows 1000000
+    .venv/bin/python -m bench.console_scale --backend postgres --rows 200000
+    .venv/bin/python -m bench.console_scale --cleanup            # drop both benchmark databases
+
+The store is bench/_common.py's Generator (the store_scale data: Zipf-distributed words, 24 system prompts,
+conversations of 1-6 turns, four metadata keys, three models), written with the real `save_completions`
+(so the search index and the commit clock are kept as in production), with ids spread evenly over the last
+90 days and 2% of them minted up to 10 minutes before their neighbours (streams committed late). Databases:
+$STILLROOM_BENCH_DIR/console_scale.db and PostgreSQL `stillroom_console`; results in
+bench/results/console_scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import Engine, text
+
+from bench._common import (
+    METADATA_KEYS,
+    RESULTS,
+    Generator,
+    create_database,
+    database_bytes,
+    drop_database,
+    environment,
+    meta_value,
+    percentile,
+    print_table,
+    summary_ms,
+    write_json,
+)
+from stillroom.store.completions import save_completions
+from stillroom.store.db import checkpoint_wal, make_engine
+from stillroom.store.migrate import upgrade_database
+from stillroom.store.search import search_terms
+from stillroom.wire.ids import _base62
+
+DB_NAME = {"sqlite": "console_scale", "postgres": "stillroom_console"}
+RESULT_FILE = "console_scale.json"
+DAY = 86_400
+SPAN_DAYS = 90
+TARGET_MS = 100.0
+
+
+def _id_at(micros: int, rng: random.Random) -> str:
+    return "chatcmpl-" + _base62(micros, 9) + _base62(rng.getrandbits(119) % 62**20, 20)
+
+
+def generate(engine: Engine, rows: int, batch: int, seed: int) -> dict[str, Any]:
+    gen = Generator(seed=seed)
+    rng = random.Random(seed)
+    end = int(time.time() * 1_000_000)
+    start = end - SPAN_DAYS * DAY * 1_000_000
+    step = (end - start) // rows
+    t0 = time.perf_counter()
+    done = 0
+    while done < rows:
+        records = gen.records(min(batch, rows - done))
+        for n, record in enumerate(records):
+            micros = start + (done + n) * step
+            if rng.random() < 0.02:
+                micros -= rng.randrange(600_000_000)
+            record.id = _id_at(micros, rng)
+            record.response["id"] = record.id
+            record.response["created"] = micros // 1_000_000
+        save_completions(engine, records)
+        done += len(records)
+        if engine.dialect.name == "sqlite" and done % (20 * batch) == 0:
+            checkpoint_wal(engine)  # what the writer does every CHECKPOINT_EVERY batches: a bounded WAL
+        if done % 100_000 < batch:
+            print(f"  {done:>9,} rows  {done / (time.perf_counter() - t0):>7,.0f} rows/s", flush=True)
+    wall = time.perf_counter() - t0
+    return {"rows": rows, "batch": batch, "wall_s": round(wall, 1), "rows_per_s": round(rows / wall)}
+
+
+def vocabulary(engine: Engine, sample: int = 3000) -> dict[str, str]:
+    """Words of the newest answers by how often they occur: a rare, a middling and a common one."""
+    with engine.connect() as conn:
+        responses = conn.execute(
+            text("SELECT response FROM completions ORDER BY seq DESC LIMIT :n"), {"n": sample}
+        ).scalars()
+        counts: Counter[str] = Counter()
+        for response in responses:
+            content = orjson.loads(response)["choices"][0]["message"]["content"]
+            counts.update(set(search_terms(content)))
+    ranked = [w for w, _ in counts.most_common() if len(w) >= 4]
+    return {"common": ranked[0], "middling": ranked[len(ranked) // 20], "rare": ranked[int(len(ranked) * 0.9)]}
+
+
+def cases(now: int, words: dict[str, str], rng: random.Random) -> dict[str, tuple[str, Callable[[], dict[str, str]]]]:
+    """name -> (group, fresh query parameters). Every list is the console's: newest first, 50 a page."""
+
+    def day(days_ago: int) -> dict[str, str]:
+        return {"created_after": str(now - days_ago * DAY), "created_before": str(now - (days_ago - 1) * DAY)}
+
+    def tag() -> str:
+        return meta_value("tag", rng.randrange(METADATA_KEYS["tag"]))
+
+    def user() -> str:
+        return meta_value("user", rng.randrange(METADATA_KEYS["user"]))
+
+    return {
+        "no filter": ("filter", lambda: {}),
+        "model": ("filter", lambda: {"model": rng.choice(["gpt-4.1", "o4-mini"])}),
+        "metadata tag (1 in 10)": ("filter", lambda: {"metadata[tag]": tag()}),
+        "metadata user (1 in 1000)": ("filter", lambda: {"metadata[user]": user()}),
+        "metadata tag + user": ("filter", lambda: {"metadata[tag]": tag(), "metadata[user]": user()}),
+        "last 24 h": ("filter", lambda: {"created_after": str(now - DAY)}),
+        "one day, 30-80 days ago": ("filter", lambda: day(rng.randrange(30, 80))),
+        "before 60 days ago": ("filter", lambda: {"created_before": str(now - 60 * DAY)}),
+        "one day + model o4-mini": ("filter", lambda: {**day(rng.randrange(30, 80)), "model": "o4-mini"}),
+        "one day + metadata tag": ("filter", lambda: {**day(rng.randrange(30, 80)), "metadata[tag]": tag()}),
+        "search rare word": ("search", lambda: {"search": words["rare"]}),
+        "search middling word": ("search", lambda: {"search": words["middling"]}),
+        "search common word": ("search", lambda: {"search": words["common"]}),
+        "search two words": ("search", lambda: {"search": f"{words['middling']} {words['common']}"}),
+        "search prefix": ("search", lambda: {"search": words["middling"][:3] + "*"}),
+        "search + metadata tag": ("search", lambda: {"search": words["middling"], "metadata[tag]": tag()}),
+        "search + one day": ("search", lambda: {"search": words["middling"], **day(rng.randrange(30, 80))}),
+        "search rare + user": ("search", lambda: {"search": words["rare"], "metadata[user]": user()}),
+    }
+
+
+def measure_http(url: str, backend: str, reps: int, rng: random.Random, words: dict[str, str]) -> dict[str, Any]:
+    from tests.live import start_server
+
+    config = '[[models]]\nname = "fake"\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+    now = int(time.time())
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(Path(tmp), url, config=config, name=f"console-scale-{backend}")
+        try:
+            with httpx.Client(base_url=server.url + "/v1", timeout=60) as client:
+                for name, (group, make) in cases(now, words, rng).items():
+                    samples, sizes = [], []
+                    for n in range(reps + 3):
+                        params = {"limit": "50", "order": "desc", **make()}
+                        t0 = time.perf_counter()
+                        response = client.get("/chat/completions", params=params)
+                        elapsed = time.perf_counter() - t0
+                        assert response.status_code == 200, response.text
+                        if n >= 3:  # the first calls warm the caches
+                            samples.append(elapsed)
+                            sizes.append(len(response.json()["data"]))
+                    out[name] = _summary(samples) | {"group": group, "rows_p50": sorted(sizes)[len(sizes) // 2]}
+                    print(
+                        f"  [{backend}] {name:<28} p50 {out[name]['p50_ms']:8.1f} ms  p95 {out[name]['p95_ms']:8.1f} ms"
+                    )
+                out["dry run count: one day + tag"] = _count(client, now, rng)
+                out["cold load"] = cold_load(server.url)
+        finally:
+            server.stop()
+    return out
+
+
+def _count(client: httpx.Client, now: int, rng: random.Random) -> dict[str, Any]:
+    """What "Select all matching" costs: the delete endpoint's dry run."""
+    samples = []
+    for _ in range(20):
+        days = rng.randrange(30, 80)
+        body = {
+            "created_after": now - days * DAY,
+            "created_before": now - (days - 1) * DAY,
+            "metadata": {"tag": meta_value("tag", rng.randrange(10))},
+            "dry_run": True,
+        }
+        t0 = time.perf_counter()
+        response = client.post("/organization/projects/default/chat_completions/delete", json=body)
+        samples.append(time.perf_counter() - t0)
+        assert response.status_code == 200, response.text
+    return _summary(samples) | {"group": "count"}
+
+
+def _summary(samples: list[float]) -> dict[str, Any]:
+    return summary_ms(samples) | {"p95_ms": round(percentile([x * 1000 for x in samples], 95), 3)}
+
+
+def cold_load(url: str) -> dict[str, Any]:
+    """Bytes a browser with an empty cache fetches to show the Stored completions pane (open server)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    fetched: list[tuple[str, int, str]] = []
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("requestfinished", lambda r: fetched.append((r.url, r.sizes()["responseBodySize"], r.resource_type)))
+        page.goto(url + "/#/completions", wait_until="networkidle")
+        page.wait_for_selector("table.completions tbody tr[data-id]")
+        page.wait_for_load_state("networkidle")
+        browser.close()
+    assets = [(u, n) for u, n, kind in fetched if "/v1/" not in u]
+    api = [(u, n) for u, n, kind in fetched if "/v1/" in u]
+    return {
+        "asset_bytes": sum(n for _, n in assets),
+        "assets": [[u.removeprefix(url), n] for u, n in assets],
+        "api_bytes": sum(n for _, n in api),
+        "api_requests": len(api),
+    }
+
+
+def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    url = create_database(backend, DB_NAME[backend], fresh=args.fresh)
+    engine = make_engine(url)
+    upgrade_database(engine)
+    with engine.connect() as conn:
+        have = int(conn.execute(text("SELECT count(*) FROM completions")).scalar() or 0)
+    result: dict[str, Any] = {"rows": max(have, args.rows)}
+    if have < args.rows:
+        print(f"[{backend}] writing {args.rows - have:,} completions", flush=True)
+        result["generation"] = generate(engine, args.rows - have, args.batch, seed=11 if backend == "sqlite" else 12)
+    else:
+        result["generation"] = _previous(backend).get("generation", {"note": "generated by an earlier run"})
+    if not args.measure:
+        return result
+    if backend == "postgres":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))
+    with engine.connect() as conn:
+        result["lag_s"] = round(
+            int(conn.execute(text("SELECT lag FROM sequences WHERE name = 'completions'")).scalar() or 0) / 1e6, 1
+        )
+    result["database_bytes"] = database_bytes(backend, DB_NAME[backend])
+    words = vocabulary(engine)
+    result["words"] = words
+    engine.dispose()
+    result["http"] = measure_http(url, backend, args.reps, random.Random(5), words)
+    return result
+
+
+def _previous(backend: str) -> dict[str, Any]:
+    path = RESULTS / RESULT_FILE
+    results = orjson.loads(path.read_bytes()) if path.exists() else {}
+    found: dict[str, Any] = results.get("backends", {}).get(backend, {})
+    return found
+
+
+def report(results: dict[str, Any]) -> None:
+    backends = list(results["backends"])
+    backends = [b for b in backends if "http" in results["backends"][b]]
+    if not backends:
+        return
+    names = [n for n in results["backends"][backends[0]]["http"] if n != "cold load"]
+    rows = []
+    for name in names:
+        row: list[Any] = [name]
+        for backend in backends:
+            s = results["backends"][backend]["http"].get(name, {})
+            row += [s.get("p50_ms", "-"), s.get("p95_ms", "-")]
+        rows.append(row)
+    headers = ["case"] + [f"{b} {q}" for b in backends for q in ("p50 ms", "p95 ms")]
+    print_table(headers, rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--reps", type=int, default=40, help="calls per case (after 3 warm-up calls)")
+    parser.add_argument("--fresh", action="store_true", help="drop and regenerate the database")
+    parser.add_argument("--cleanup", action="store_true", help="drop both benchmark databases and exit")
+    parser.add_argument("--no-measure", dest="measure", action="store_false", help="only write the rows")
+    args = parser.parse_args(argv)
+    if args.cleanup:
+        for backend, name in DB_NAME.items():
+            drop_database(backend, name)
+        return
+    path = RESULTS / RESULT_FILE
+    results: dict[str, Any] = orjson.loads(path.read_bytes()) if path.exists() else {}
+    results.setdefault("backends", {})
+    results["target_ms"] = TARGET_MS
+    for backend in ["sqlite", "postgres"] if args.backend == "both" else [args.backend]:
+        result = run_backend(backend, args)
+        result["environment"] = environment()
+        result["command"] = "python -m bench.console_scale " + " ".join(sys.argv[1:] if argv is None else argv)
+        result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        results["backends"][backend] = result
+        write_json(RESULT_FILE, results)
+    report(results)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
