@@ -41,9 +41,9 @@ from bench._common import (
     write_json,
 )
 from stillroom.store import completions as store
-from stillroom.store.completions import _COLUMNS, _row_to_stored
 from stillroom.store.db import make_engine
 from stillroom.store.migrate import upgrade_database
+from stillroom.store.pages import COLUMNS, row_to_stored
 from stillroom.store.tables import completion_metadata, completions
 
 DB_NAME = {"sqlite": "store_scale", "postgres": "stillroom_bench"}
@@ -94,17 +94,17 @@ def proposed_list(
         where = (first.c.project_id == project_id, first.c.key == k0, first.c.value == v0, *probes)
         if ids_first:
             page = select(first.c.completion_id).where(*where).order_by(first.c.completion_id).limit(limit + 1)
-            stmt = select(*_COLUMNS).where(c.c.project_id == project_id, c.c.id.in_(page)).order_by(c.c.id)
+            stmt = select(*COLUMNS).where(c.c.project_id == project_id, c.c.id.in_(page)).order_by(c.c.id)
         else:
             stmt = (
-                select(*_COLUMNS)
+                select(*COLUMNS)
                 .join(first, first.c.completion_id == c.c.id)
                 .where(c.c.project_id == project_id, *where)
                 .order_by(first.c.completion_id)
                 .limit(limit + 1)
             )
         rows = conn.execute(stmt).all()
-    return [_row_to_stored(r) for r in rows[:limit]]
+    return [row_to_stored(r) for r in rows[:limit]]
 
 
 def walked(engine: Engine, pairs: list[tuple[str, str]], limit: int = 20) -> dict[str, int]:

@@ -23,7 +23,6 @@ from stillroom.store.completions import (
     CompletionRecord,
     CursorNotFoundError,
     StoredCompletion,
-    _rarest_first,
     delete_completion,
     get_completion,
     get_messages,
@@ -34,6 +33,7 @@ from stillroom.store.completions import (
 )
 from stillroom.store.db import make_engine, write_transaction
 from stillroom.store.migrate import upgrade_database
+from stillroom.store.pages import _rarest_first
 from stillroom.store.tables import completion_metadata, completions, message_contents
 from stillroom.store.writer import CHECKPOINT_EVERY, CommitQueue
 from stillroom.wire.ids import new_completion_id
