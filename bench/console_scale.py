@@ -251,6 +251,39 @@ def _previous(backend: str) -> dict[str, Any]:
     return found
 
 
+def write_cost(backend: str, rows: int, batch: int) -> dict[str, Any]:
+    """What keeping the search index costs a write: save_completions in batches of `batch` (the writer's batches
+    are a few to a few hundred), with the index kept and with it switched off (documents not made, nothing
+    inserted), alternating rounds on one fresh database."""
+    from stillroom.store import completions as store
+
+    name = f"{DB_NAME[backend]}_write"
+    url = create_database(backend, name, fresh=True)
+    engine = make_engine(url)
+    upgrade_database(engine)
+    gen = Generator(seed=3)
+    timings: dict[str, list[float]] = {"indexed": [], "not indexed": []}
+    real_index, real_document = store.search.index_rows, store.search.document_text
+    try:
+        for round_ in range(2 * (rows // batch // 20)):
+            mode = "indexed" if round_ % 2 == 0 else "not indexed"
+            if mode == "not indexed":
+                store.search.index_rows = lambda *a, **k: None  # type: ignore[assignment]
+                store.search.document_text = lambda *a, **k: ""  # type: ignore[assignment]
+            for _ in range(10):
+                records = gen.records(batch)
+                t0 = time.perf_counter()
+                save_completions(engine, records)
+                timings[mode].append((time.perf_counter() - t0) / batch)
+            store.search.index_rows, store.search.document_text = real_index, real_document
+    finally:
+        store.search.index_rows, store.search.document_text = real_index, real_document
+        engine.dispose()
+        drop_database(backend, name)
+    out = {mode: round(sorted(t)[len(t) // 2] * 1e6, 1) for mode, t in timings.items()}
+    return {"batch": batch, "us_per_completion_p50": out, "added_us": round(out["indexed"] - out["not indexed"], 1)}
+
+
 def report(results: dict[str, Any]) -> None:
     backends = list(results["backends"])
     backends = [b for b in backends if "http" in results["backends"][b]]
@@ -277,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fresh", action="store_true", help="drop and regenerate the database")
     parser.add_argument("--cleanup", action="store_true", help="drop both benchmark databases and exit")
     parser.add_argument("--no-measure", dest="measure", action="store_false", help="only write the rows")
+    parser.add_argument("--write-cost", action="store_true", help="only measure what the index adds to a write")
     args = parser.parse_args(argv)
     if args.cleanup:
         for backend, name in DB_NAME.items():
@@ -285,6 +319,13 @@ def main(argv: list[str] | None = None) -> None:
     path = RESULTS / RESULT_FILE
     results: dict[str, Any] = orjson.loads(path.read_bytes()) if path.exists() else {}
     results.setdefault("backends", {})
+    if args.write_cost:
+        for backend in ["sqlite", "postgres"] if args.backend == "both" else [args.backend]:
+            cost = write_cost(backend, 20_000, 50) | {"environment": environment()}
+            results.setdefault("write_cost", {})[backend] = cost
+            print(f"[{backend}] {cost['us_per_completion_p50']} µs per completion, index adds {cost['added_us']} µs")
+        write_json(RESULT_FILE, results)
+        return
     results["target_ms"] = TARGET_MS
     for backend in ["sqlite", "postgres"] if args.backend == "both" else [args.backend]:
         result = run_backend(backend, args)

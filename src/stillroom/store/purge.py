@@ -24,7 +24,9 @@ from stillroom.store.tables import (
     message_contents,
     metadata,
     projects,
+    sequences,
 )
+from stillroom.store.timeline import id_micros
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +41,11 @@ class CompletionFilter:
     search: fts.Words | None = None
 
 
-def _matching(dialect: str, project_id: str, selection: CompletionFilter) -> Select[Any]:
+def _matching(conn: Connection, project_id: str, selection: CompletionFilter) -> Select[Any]:
     c = completions.c
     stmt = select(c.id).where(c.project_id == project_id)
     if selection.search is not None:
-        seq, condition = fts.matching_seqs(dialect, selection.search)
+        seq, condition = fts.matching_seqs(conn.dialect.name, selection.search)
         stmt = stmt.where(c.seq.in_(select(seq).select_from(fts.search_table).where(condition)))
     for key, value in selection.metadata:
         m = completion_metadata.c
@@ -52,17 +54,19 @@ def _matching(dialect: str, project_id: str, selection: CompletionFilter) -> Sel
         )
     if selection.model is not None:
         stmt = stmt.where(c.model == selection.model)
+    # A time range also bounds the commit clock (stillroom.store.timeline), which its index walks in range.
     if selection.id_from is not None:
-        stmt = stmt.where(c.id >= selection.id_from)
+        stmt = stmt.where(c.id >= selection.id_from, c.clock >= id_micros(selection.id_from))
     if selection.id_to is not None:
-        stmt = stmt.where(c.id < selection.id_to)
+        lag = conn.execute(select(sequences.c.lag).where(sequences.c.name == "completions")).scalar() or 0
+        stmt = stmt.where(c.id < selection.id_to, c.clock < id_micros(selection.id_to) + int(lag))
     return stmt
 
 
 def count_completions(engine: Engine, project_id: str, selection: CompletionFilter) -> int:
     """How many a delete with this filter would remove (the dry run)."""
     with engine.connect() as conn:
-        sub = _matching(engine.dialect.name, project_id, selection).subquery()
+        sub = _matching(conn, project_id, selection).subquery()
         return int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
 
 
@@ -70,7 +74,7 @@ def delete_completions_batch(conn: Connection, project_id: str, selection: Compl
     """Delete at most `limit` matching completions (one write transaction); how many were deleted."""
     if lock_usage(conn, project_id) is None:
         return 0
-    matching = _matching(conn.dialect.name, project_id, selection)
+    matching = _matching(conn, project_id, selection)
     ids = list(conn.execute(matching.order_by(completions.c.id).limit(limit)).scalars())
     return delete_completion_ids(conn, project_id, ids)
 
