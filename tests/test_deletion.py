@@ -217,3 +217,22 @@ def test_two_sweeper_processes_at_once_free_each_completion_once(client: TestCli
         ).one()
     assert used == int(rows.scalar() or 0) + int(contents[0] or 0) > 0
     assert int(contents[1]) == 2 * len(kept)  # each kept completion: the shared prompt and its own question
+
+
+def test_stillroom_completions_delete_by_search_counts_then_deletes(client: TestClient) -> None:
+    project_id = new_project(client)
+    key = bearer(new_key(client, project_id, "contributor"))
+    for text in ("refund my order", "refund again", "where is my parcel"):
+        body = CHAT | {"store": True, "messages": [{"role": "user", "content": text}]}
+        assert client.post("/v1/chat/completions", json=body, headers=key).headers["x-stillroom-stored"] == "true"
+    settings = client.app.state.services.settings  # type: ignore[attr-defined]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STILLROOM_")}
+    command = [sys.executable, "-m", "stillroom", "completions", "delete", "--project", project_id]
+    command += ["--search", "refund"]
+    url = ["--database-url", str(settings.database_url)]
+    dry = subprocess.run([*command, "--dry-run", *url], capture_output=True, text=True, env=env, timeout=60)
+    assert (dry.returncode, dry.stdout.strip()) == (0, "would delete 2"), dry.stderr
+    done = subprocess.run([*command, *url], capture_output=True, text=True, env=env, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "deleted 2"), done.stderr
+    left = client.get("/v1/chat/completions", headers=key).json()["data"]
+    assert len(left) == 1

@@ -182,6 +182,7 @@ def completions_delete(
     model: Annotated[str | None, typer.Option(help="Only completions asked of this model")] = None,
     created_after: Annotated[float | None, typer.Option(help="Unix time: created at or after")] = None,
     created_before: Annotated[float | None, typer.Option(help="Unix time: created before")] = None,
+    search: Annotated[str | None, typer.Option(help="Words in the messages or the answer (as the list's)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted")] = False,
     database_url: DatabaseUrl = None,
     debug: Debug = False,
@@ -196,6 +197,7 @@ def completions_delete(
         ("model", model),
         ("created_after", created_after),
         ("created_before", created_before),
+        ("search", search),
     )
     for field, value in filters:
         if value is not None:
