@@ -1,10 +1,26 @@
-"""The local trainer as a worker runs it: job hyperparameters in, `TrainResult` out, cancellation mapped."""
+"""The local trainer as a worker runs it: job hyperparameters in, `TrainResult` out, cancellation mapped.
+Its libraries come with the `train` extra; without them a job fails while its files are validated, saying so."""
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Sequence
 from typing import Any
 
-from stillroom.training.worker import JobCancelled, RunContext, RunResult
+from stillroom.training.worker import JobCancelled, JobFailed, RunContext, RunResult
+
+TRAINING_MODULES = ("torch", "transformers", "peft", "gguf")
+
+
+def check_training_extra(modules: Sequence[str] = TRAINING_MODULES) -> None:
+    """JobFailed (`missing_dependency`) naming the `train` extra when one of `modules` is not installed."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise JobFailed(
+            "missing_dependency",
+            f"This worker cannot train: {', '.join(missing)} not installed. The local trainer comes with the "
+            "train extra: pip install -e '.[train]' (or 'stillroom[train]'), then restart stillroom serve/worker.",
+        )
 
 
 class LocalTrainer:
@@ -38,11 +54,13 @@ class LocalTrainer:
     def resolve_hyperparameters(self, context: RunContext) -> dict[str, Any]:
         from stillroom.training.trainer import resolve_hyperparameters
 
+        check_training_extra()
         return resolve_hyperparameters(context.n_examples, self._config(context))
 
     def run(self, context: RunContext) -> RunResult:
         from stillroom.training.trainer import TrainingCancelled, train
 
+        check_training_extra()
         try:
             result = train(self._config(context), on_event=context.on_event, should_stop=context.should_stop)
         except TrainingCancelled as exc:
