@@ -35,6 +35,7 @@ eval_app = typer.Typer(
     no_args_is_help=False,
 )
 _STRING_OPS = ("eq", "ne", "like", "ilike")
+_FINISHED = ("completed", "failed", "canceled")
 
 
 def parse_grader(spec: str, n: int) -> dict[str, Any]:
@@ -157,11 +158,17 @@ async def _execute(settings: Any, engine: Engine, run_ids: list[str]) -> None:
                 assert run is not None
                 task = progress.add_task(run.name, total=None)
                 execution = asyncio.ensure_future(worker.run_once(only=[run_id]))
-                while not execution.done():
+                while True:
                     await asyncio.wait([execution], timeout=0.5)
                     current = store.get_run(engine, None, None, run_id)
                     if current is not None:
                         progress.update(task, completed=current.result_counts["total"])
+                    if current is None or current.status in _FINISHED:
+                        break
+                    if execution.done():  # another worker (a running serve's) holds it: wait, or take it over
+                        await execution
+                        await asyncio.sleep(0.5)
+                        execution = asyncio.ensure_future(worker.run_once(only=[run_id]))
                 await execution
                 final = store.get_run(engine, None, None, run_id)
                 if final is not None:
