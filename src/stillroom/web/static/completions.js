@@ -104,7 +104,7 @@ function filterForm(filters, models) {
   const listId = uid("models");
   const model = h("input", { type: "text", name: "model", value: filters.model, list: listId, autocomplete: "off" });
   const search = h("input", { type: "search", name: "search", value: filters.q, autocomplete: "off",
-    placeholder: "words in messages or answers" });
+    placeholder: "words; word* for a prefix" });
   const pairs = h("div.pairs", filters.metadata.map(([k, v]) => pairRow(k, v)));
   const from = h("input", { type: "datetime-local", name: "from", value: filters.from, step: "1" });
   const to = h("input", { type: "datetime-local", name: "to", value: filters.to, step: "1" });
