@@ -13,6 +13,7 @@ from stillroom.store import audit as store
 from stillroom.store.db import Engine
 from stillroom.store.projects import Writes
 from stillroom.wire.ids import new_sortable_id
+from stillroom.wire.pages import render_page
 
 log = logging.getLogger("stillroom.audit")
 
@@ -82,10 +83,4 @@ def list_audit_events(engine: Engine, project_id: str | None, *, after: str | No
         }
         for e in events
     ]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
+    return render_page(data, has_more)

@@ -15,6 +15,7 @@ from stillroom.store.db import Engine
 from stillroom.store.projects import Writes
 from stillroom.wire.files import RESULT_PURPOSES, UPLOAD_PURPOSES, FileFormatError, FineTuneValidator
 from stillroom.wire.ids import new_sortable_id
+from stillroom.wire.pages import render_page
 
 MAX_LIST_LIMIT = 10_000
 _EXPIRY_SECONDS = (3600, 2_592_000)
@@ -194,14 +195,7 @@ def list_files(
     rows, has_more = store.list_files(
         engine, project_id, purpose=purpose, after=after, limit=size, descending=order != "asc"
     )
-    data = [render_file(row) for row in rows]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
+    return render_page([render_file(row) for row in rows], has_more)
 
 
 def _limit(limit: str | None) -> int:

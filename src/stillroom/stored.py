@@ -12,6 +12,7 @@ from stillroom.store.db import Engine
 from stillroom.store.writer import CommitQueue
 from stillroom.wire.chat import validate_metadata
 from stillroom.wire.completions import render_store_message, render_stored_completion
+from stillroom.wire.pages import render_page
 
 MAX_LIMIT = 100
 
@@ -100,7 +101,7 @@ def list_stored_completions(
         )
     except store.CursorNotFoundError:
         raise BadRequestError(f"Invalid 'after': no chat completion {after!r} was stored.", param="after") from None
-    return _page([_render(row) for row in rows], has_more)
+    return render_page([_render(row) for row in rows], has_more)
 
 
 def get_stored_completion(engine: Engine, project_id: str, completion_id: str) -> dict[str, Any]:
@@ -126,7 +127,7 @@ def list_stored_messages(
         if after not in positions:
             raise BadRequestError(f"Invalid 'after': no message {after!r} in this completion.", param="after")
         items = items[positions[after] + 1 :]
-    return _page(items[:limit], len(items) > limit)
+    return render_page(items[:limit], len(items) > limit)
 
 
 async def update_stored_completion(
@@ -168,16 +169,6 @@ def _render(row: store.StoredCompletion) -> dict[str, Any]:
         "latency_ms": round(row.latency_ms, 3),
     }
     return render_stored_completion(row.id, row.response, row.request, row.metadata, extension)
-
-
-def _page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
 
 
 def _not_found(completion_id: str) -> NotFoundError:

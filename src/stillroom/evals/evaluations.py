@@ -18,6 +18,7 @@ from stillroom.store import evals as store
 from stillroom.store.db import Engine
 from stillroom.store.evals import Writes
 from stillroom.wire.chat import validate_metadata
+from stillroom.wire.pages import render_page
 
 MAX_LIMIT = 100
 _SAMPLE_SCHEMA = {
@@ -116,7 +117,7 @@ def list_evals(
     rows, more = store.list_evals(
         engine, project_id, after=after, limit=size, descending=descending, by_updated=order_by == "updated_at"
     )
-    return page([render_eval(r) for r in rows], more)
+    return render_page([render_eval(r) for r in rows], more)
 
 
 def update_eval(engine: Engine, project_id: str, eval_id: str, body: dict[str, Any], writes: Writes) -> dict[str, Any]:
@@ -325,7 +326,7 @@ def list_runs(
     rows, more = store.list_runs(
         engine, project_id, eval_id, status=status, after=after, limit=size, descending=descending
     )
-    return page([render_run(r, report_base) for r in rows], more)
+    return render_page([render_run(r, report_base) for r in rows], more)
 
 
 def cancel_run(
@@ -376,7 +377,7 @@ def list_output_items(
     if status not in (None, "pass", "fail"):
         raise BadRequestError("Invalid 'status': expected pass or fail.", param="status")
     rows, more = store.list_output_items(engine, run_id, status=status, after=after, limit=size, descending=descending)
-    return page([render_output_item(r) for r in rows], more)
+    return render_page([render_output_item(r) for r in rows], more)
 
 
 def get_output_item(engine: Engine, project_id: str, eval_id: str, run_id: str, item_id: str) -> dict[str, Any]:
@@ -405,13 +406,3 @@ def parse_page(limit: str | None, order: str | None) -> tuple[int, bool]:
     if order not in (None, "asc", "desc"):
         raise BadRequestError("Invalid 'order': expected 'asc' or 'desc'.", param="order")
     return size, order == "desc"
-
-
-def page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }

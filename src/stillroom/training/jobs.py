@@ -19,6 +19,7 @@ from stillroom.store.db import Engine
 from stillroom.store.projects import Writes
 from stillroom.wire.fine_tuning import MAX_SEED, parse_job_request
 from stillroom.wire.ids import new_sortable_id
+from stillroom.wire.pages import render_page
 
 LIST_LIMIT = 20
 EVENT_LIMIT = 20
@@ -196,14 +197,7 @@ def list_checkpoints(
     size = parse_limit(limit, CHECKPOINT_LIMIT)
     _check_after(after)
     rows, has_more = store.list_checkpoints(engine, job_id, after=after, limit=size)
-    data = [render_checkpoint(c) for c in rows]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
+    return render_page([render_checkpoint(c) for c in rows], has_more)
 
 
 def parse_limit(limit: str | None, default: int, highest: int = 100) -> int:
