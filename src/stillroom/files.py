@@ -15,7 +15,7 @@ from stillroom.store.db import Engine
 from stillroom.store.projects import Writes
 from stillroom.wire.files import RESULT_PURPOSES, UPLOAD_PURPOSES, FileFormatError, FineTuneValidator
 from stillroom.wire.ids import new_sortable_id
-from stillroom.wire.pages import render_page
+from stillroom.wire.pages import parse_limit, render_page
 
 MAX_LIST_LIMIT = 10_000
 _EXPIRY_SECONDS = (3600, 2_592_000)
@@ -186,7 +186,7 @@ def retrieve_file(engine: Engine, project_id: str, file_id: str) -> dict[str, An
 def list_files(
     engine: Engine, project_id: str, *, purpose: str | None, after: str | None, limit: str | None, order: str | None
 ) -> dict[str, Any]:
-    size = _limit(limit)
+    size = parse_limit(limit, MAX_LIST_LIMIT, MAX_LIST_LIMIT)
     if order not in (None, "asc", "desc"):
         raise BadRequestError("Invalid 'order': expected 'asc' or 'desc'.", param="order")
     for param, value in (("purpose", purpose), ("after", after)):
@@ -196,14 +196,6 @@ def list_files(
         engine, project_id, purpose=purpose, after=after, limit=size, descending=order != "asc"
     )
     return render_page([render_file(row) for row in rows], has_more)
-
-
-def _limit(limit: str | None) -> int:
-    if limit is None:
-        return MAX_LIST_LIMIT
-    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_LIST_LIMIT:
-        raise BadRequestError(f"Invalid 'limit': expected an integer between 1 and {MAX_LIST_LIMIT}.", param="limit")
-    return int(limit)
 
 
 def open_file_content(

@@ -28,7 +28,7 @@ def client(db_url: str, fake_upstream: FakeUpstream, tmp_path_factory: pytest.Te
 def test_a_job_list_limit_that_is_not_1_to_100_in_ascii_digits_is_a_400(
     client: TestClient, db_url: str, limit: str
 ) -> None:
-    """(The events and checkpoints lists share `parse_limit`; they look the job up first.)"""
+    """(The events and checkpoints lists share `parse_limit` (wire/pages.py); they look the job up first.)"""
     engine = make_engine(db_url)
     before = count_jobs(engine)
     response = client.get("/v1/fine_tuning/jobs", params={"limit": limit}, headers=ADMIN)

@@ -19,7 +19,7 @@ from stillroom.store.db import Engine
 from stillroom.store.projects import Writes
 from stillroom.wire.fine_tuning import MAX_SEED, parse_job_request
 from stillroom.wire.ids import new_sortable_id
-from stillroom.wire.pages import render_page
+from stillroom.wire.pages import parse_limit, render_page
 
 LIST_LIMIT = 20
 EVENT_LIMIT = 20
@@ -198,14 +198,6 @@ def list_checkpoints(
     _check_after(after)
     rows, has_more = store.list_checkpoints(engine, job_id, after=after, limit=size)
     return render_page([render_checkpoint(c) for c in rows], has_more)
-
-
-def parse_limit(limit: str | None, default: int, highest: int = 100) -> int:
-    if limit is None:
-        return default
-    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= highest:
-        raise BadRequestError(f"Invalid 'limit': expected an integer between 1 and {highest}.", param="limit")
-    return int(limit)
 
 
 def _check_after(after: str | None) -> None:
