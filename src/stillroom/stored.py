@@ -14,27 +14,6 @@ from stillroom.wire.chat import validate_metadata
 from stillroom.wire.completions import render_store_message, render_stored_completion
 from stillroom.wire.pages import render_page
 
-MAX_LIMIT = 100
-
-
-def parse_page(limit: str | None, order: str | None) -> tuple[int, bool]:
-    """Validate `limit` (at least 1, default 20; above 100 it is 100, and `has_more` says what is left, as
-    other servers' conformance suites page with limit=1000) and `order` (asc default, or desc)."""
-    if limit is None:
-        size = 20
-    else:
-        try:
-            size = int(limit)
-        except ValueError:
-            raise BadRequestError("Invalid 'limit': expected an integer.", param="limit") from None
-        if size < 1:
-            raise BadRequestError(f"Invalid 'limit': must be between 1 and {MAX_LIMIT}.", param="limit")
-        size = min(size, MAX_LIMIT)
-    if order not in (None, "asc", "desc"):
-        raise BadRequestError("Invalid 'order': expected 'asc' or 'desc'.", param="order")
-    return size, order == "desc"
-
-
 MAX_SEARCH_CHARS = 1000
 
 

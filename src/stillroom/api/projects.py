@@ -18,8 +18,8 @@ from stillroom.auth.keys import issue_key, list_keys, render_key, revoke_key
 from stillroom.auth.roles import describe_principal, parse_role
 from stillroom.errors import BadRequestError
 from stillroom.services import Services
-from stillroom.stored import parse_page
 from stillroom.wire.chat import parse_json_object
+from stillroom.wire.pages import parse_page
 
 router = APIRouter(prefix="/organization/projects")
 identity = APIRouter()

@@ -16,10 +16,10 @@ from stillroom.stored import (
     get_stored_completion,
     list_stored_completions,
     list_stored_messages,
-    parse_page,
     update_stored_completion,
 )
 from stillroom.wire.chat import parse_json_object
+from stillroom.wire.pages import parse_page
 
 router = APIRouter()
 deployments = APIRouter()

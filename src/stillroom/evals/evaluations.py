@@ -18,9 +18,9 @@ from stillroom.store import evals as store
 from stillroom.store.db import Engine
 from stillroom.store.evals import Writes
 from stillroom.wire.chat import validate_metadata
-from stillroom.wire.pages import render_page
+from stillroom.wire.pages import parse_page, render_page
 
-MAX_LIMIT = 100
+_LIMIT_TOO_SMALL = "Invalid 'limit': must be at least 1."  # evals' wording (stored: "between 1 and 100")
 _SAMPLE_SCHEMA = {
     "type": "object",
     "properties": {
@@ -111,7 +111,7 @@ def get_eval_row(engine: Engine, project_id: str, eval_id: str) -> store.EvalRow
 def list_evals(
     engine: Engine, project_id: str, *, after: str | None, limit: str | None, order: str | None, order_by: str | None
 ) -> dict[str, Any]:
-    size, descending = parse_page(limit, order)
+    size, descending = parse_page(limit, order, too_small=_LIMIT_TOO_SMALL)
     if order_by not in (None, "created_at", "updated_at"):
         raise BadRequestError("Invalid 'order_by': expected created_at or updated_at.", param="order_by")
     rows, more = store.list_evals(
@@ -320,7 +320,7 @@ def list_runs(
     report_base: str,
 ) -> dict[str, Any]:
     get_eval_row(engine, project_id, eval_id)
-    size, descending = parse_page(limit, order)
+    size, descending = parse_page(limit, order, too_small=_LIMIT_TOO_SMALL)
     if status not in (None, "queued", "in_progress", "completed", "canceled", "failed"):
         raise BadRequestError("Invalid 'status'.", param="status")
     rows, more = store.list_runs(
@@ -373,7 +373,7 @@ def list_output_items(
     status: str | None,
 ) -> dict[str, Any]:
     get_run_row(engine, project_id, eval_id, run_id)
-    size, descending = parse_page(limit, order)
+    size, descending = parse_page(limit, order, too_small=_LIMIT_TOO_SMALL)
     if status not in (None, "pass", "fail"):
         raise BadRequestError("Invalid 'status': expected pass or fail.", param="status")
     rows, more = store.list_output_items(engine, run_id, status=status, after=after, limit=size, descending=descending)
@@ -386,23 +386,3 @@ def get_output_item(engine: Engine, project_id: str, eval_id: str, run_id: str, 
     if row is None:
         raise NotFoundError(f"Output item with id '{item_id}' not found.", param="output_item_id")
     return render_output_item(row)
-
-
-# --- pages ---
-
-
-def parse_page(limit: str | None, order: str | None) -> tuple[int, bool]:
-    """`limit` 1..100 (default 20; larger is clamped to 100), `order` asc (default) or desc."""
-    if limit is None:
-        size = 20
-    else:
-        try:
-            size = int(limit)
-        except ValueError:
-            raise BadRequestError("Invalid 'limit': expected an integer.", param="limit") from None
-        if size < 1:
-            raise BadRequestError("Invalid 'limit': must be at least 1.", param="limit")
-        size = min(size, MAX_LIMIT)
-    if order not in (None, "asc", "desc"):
-        raise BadRequestError("Invalid 'order': expected 'asc' or 'desc'.", param="order")
-    return size, order == "desc"
