@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, cast
 
 import orjson
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -56,6 +56,11 @@ async def get_principal(request: Request) -> Principal:
 
 Svc = Annotated[Services, Depends(get_services)]
 Caller = Annotated[Principal, Depends(get_principal)]
+
+# The query parameters of the clamped cursor lists (stillroom.wire.pages.parse_page): stored completions, evals.
+After = Annotated[str | None, Query(description="Return items after this id, in the requested order")]
+Limit = Annotated[str | None, Query(description="Items per page, 1..100 (default 20)")]
+Order = Annotated[str | None, Query(description="asc (default) or desc")]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

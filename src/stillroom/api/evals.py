@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from stillroom.api.deps import Caller, Svc, json_response, read_body
+from stillroom.api.deps import After, Caller, Limit, Order, Svc, json_response, read_body
 from stillroom.errors import NotFoundError
 from stillroom.evals import evaluations as ev
 from stillroom.evals import trials
@@ -22,9 +22,6 @@ from stillroom.services import Services
 from stillroom.wire.chat import parse_json_object
 
 router = APIRouter()
-After = Annotated[str | None, Query(description="Return items after this id, in the requested order")]
-Limit = Annotated[str | None, Query(description="Items per page, 1..100 (default 20)")]
-Order = Annotated[str | None, Query(description="asc (default) or desc")]
 
 
 def _body(name: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
-from stillroom.api.deps import Caller, Svc, json_response, read_body
+from stillroom.api.deps import After, Caller, Limit, Order, Svc, json_response, read_body
 from stillroom.errors import BadRequestError
 from stillroom.stored import (
     delete_stored_completion,
@@ -25,9 +25,6 @@ router = APIRouter()
 deployments = APIRouter()
 
 
-After = Annotated[str | None, Query(description="Return items after this id, in the requested order")]
-Limit = Annotated[str | None, Query(description="Items per page, 1..100 (default 20)")]
-Order = Annotated[str | None, Query(description="asc (default) or desc")]
 Search = Annotated[
     str | None, Query(description="Stillroom: words in the messages or the answer, all of them (word* for a prefix)")
 ]
