@@ -13,7 +13,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Engine, and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from stillroom.store.db import write_transaction
 from stillroom.store.tables import eval_output_items, eval_runs, evals
@@ -197,13 +210,29 @@ def list_runs(
 ) -> tuple[list[RunRow], bool]:
     r = eval_runs.c
     stmt = select(*_RUN_COLUMNS).where(r.project_id == project_id, r.eval_id == eval_id)
+    return _id_page(engine, stmt, r, _run, status=status, after=after, limit=limit, descending=descending)
+
+
+def _id_page(
+    engine: Engine,
+    stmt: Select[Any],
+    columns: Any,
+    convert: Callable[[Any], T],
+    *,
+    status: str | None,
+    after: str | None,
+    limit: int,
+    descending: bool,
+) -> tuple[list[T], bool]:
+    """One keyset page in id order of runs or output items (`columns`: the table's `.c`, with `id` and
+    `status`), optionally of one status, and whether more follow."""
     if status is not None:
-        stmt = stmt.where(r.status == status)
+        stmt = stmt.where(columns.status == status)
     if after is not None:
-        stmt = stmt.where(r.id < after if descending else r.id > after)
-    stmt = stmt.order_by(r.id.desc() if descending else r.id.asc()).limit(limit + 1)
+        stmt = stmt.where(columns.id < after if descending else columns.id > after)
+    stmt = stmt.order_by(columns.id.desc() if descending else columns.id.asc()).limit(limit + 1)
     with engine.connect() as conn:
-        rows = [_run(row) for row in conn.execute(stmt)]
+        rows = [convert(row) for row in conn.execute(stmt)]
     return rows[:limit], len(rows) > limit
 
 
@@ -321,14 +350,7 @@ def list_output_items(
 ) -> tuple[list[OutputItemRow], bool]:
     o = eval_output_items.c
     stmt = select(*_ITEM_COLUMNS).where(o.run_id == run_id)
-    if status is not None:
-        stmt = stmt.where(o.status == status)
-    if after is not None:
-        stmt = stmt.where(o.id < after if descending else o.id > after)
-    stmt = stmt.order_by(o.id.desc() if descending else o.id.asc()).limit(limit + 1)
-    with engine.connect() as conn:
-        rows = [_item(row) for row in conn.execute(stmt)]
-    return rows[:limit], len(rows) > limit
+    return _id_page(engine, stmt, o, _item, status=status, after=after, limit=limit, descending=descending)
 
 
 def all_output_items(engine: Engine, run_id: str) -> list[OutputItemRow]:
