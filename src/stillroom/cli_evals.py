@@ -102,7 +102,7 @@ def _create(
     name: str | None,
 ) -> list[str]:
     from stillroom.evals import evaluations
-    from stillroom.store.evals import direct_writes
+    from stillroom.store.projects import direct_writes
 
     writes = direct_writes(engine)
     pairs = parse_pairs(metadata)

@@ -17,6 +17,7 @@ from stillroom.evals.sampling import RegistrySampler
 from stillroom.providers.registry import ProviderRegistry
 from stillroom.store import evals as store
 from stillroom.store.completions import CompletionRecord, save_completions
+from stillroom.store.projects import direct_writes
 from stillroom.wire.ids import new_completion_id
 
 LOCAL = "smollm2-135m-instruct"
@@ -61,7 +62,7 @@ def make_eval(
     engine: Engine, project: str, criteria: list[dict[str, Any]], config: dict[str, Any] | None = None
 ) -> str:
     body = {"name": "e", "data_source_config": config or {"type": "logs"}, "testing_criteria": criteria}
-    return str(evaluations.create_eval(body, project, store.direct_writes(engine))["id"])
+    return str(evaluations.create_eval(body, project, direct_writes(engine))["id"])
 
 
 def make_run(engine: Engine, project: str, eval_id: str, data_source: dict[str, Any]) -> str:
@@ -70,7 +71,7 @@ def make_run(engine: Engine, project: str, eval_id: str, data_source: dict[str, 
         project,
         eval_id,
         {"data_source": data_source},
-        store.direct_writes(engine),
+        direct_writes(engine),
         is_model=lambda name: True,
         report_base="http://x",
     )
@@ -213,9 +214,7 @@ def test_cancel_mid_run_stops_it(eval_engine: Engine, project: str) -> None:
         task = asyncio.ensure_future(worker.run_once())
         while not store.all_output_items(eval_engine, run_id):
             await asyncio.sleep(0.02)
-        store.direct_writes(eval_engine)(
-            lambda conn: store.cancel_run(conn, project, eval_id, run_id, int(time.time()))
-        )
+        direct_writes(eval_engine)(lambda conn: store.cancel_run(conn, project, eval_id, run_id, int(time.time())))
         await task
 
     asyncio.run(go())

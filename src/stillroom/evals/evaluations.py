@@ -16,7 +16,7 @@ from stillroom.evals.graders import validate_grader, with_criterion_id
 from stillroom.evals.judges import normalise_message
 from stillroom.store import evals as store
 from stillroom.store.db import Engine
-from stillroom.store.evals import Writes
+from stillroom.store.projects import Writes
 from stillroom.wire.chat import validate_metadata
 from stillroom.wire.pages import parse_page, render_page
 

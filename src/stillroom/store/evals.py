@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import (
@@ -33,21 +33,6 @@ from stillroom.store.tables import eval_output_items, eval_runs, evals
 
 T = TypeVar("T")
 ACTIVE = ("queued", "in_progress")
-
-
-class Writes(Protocol):
-    """Runs `fn(conn)` in one write transaction and returns its result (the server's single writer, or
-    `direct_writes` for the CLI and workers)."""
-
-    def __call__(self, fn: Callable[[Connection], T], /) -> T: ...
-
-
-def direct_writes(engine: Engine) -> Writes:
-    def run(fn: Callable[[Connection], T], /) -> T:
-        with write_transaction(engine) as conn:
-            return fn(conn)
-
-    return run
 
 
 _EVAL_JSON = ("metadata", "data_source_config", "testing_criteria")
