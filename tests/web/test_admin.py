@@ -75,3 +75,47 @@ def test_project_admin_key_administers_its_own_project_only(page: Page, console_
     expect(project.locator("option")).to_have_count(1)
     expect(page.get_by_role("heading", name="API keys")).to_be_visible()
     expect(page.locator("tr", has_text="console project admin")).to_contain_text("admin")
+
+
+def test_store_policy_is_edited_in_administration_and_a_refused_value_shows_the_servers_message(
+    page: Page, console_server: LiveServer
+) -> None:
+    base = console_server.url + "/v1/organization/projects/default"
+    before = httpx.get(base, headers=AUTH).json()["store_policy"]
+    sign_in(page, console_server, hash_="#/admin")
+    policy = page.locator("form.policy")
+    expect(policy.get_by_role("heading", name="Store by policy")).to_be_visible()
+    mode = policy.get_by_label("Store", exact=True)
+    expect(mode).to_have_value(before["mode"])
+    try:
+        mode.select_option("sample")
+        policy.get_by_label("Sample rate").fill("1.5")
+        policy.get_by_role("button", name="Save store policy").click()
+        expect(policy.get_by_role("alert")).to_have_text(
+            "400 invalid_request_error Invalid 'store_policy.sample_rate': expected 0 to 1."
+        )
+        assert httpx.get(base, headers=AUTH).json()["store_policy"] == before
+
+        policy.get_by_label("Sample rate").fill("0.25")
+        policy.get_by_role("button", name="Add pair").click()
+        policy.get_by_label("Metadata key").fill("app")
+        policy.get_by_label("Metadata value").fill("console")
+        policy.get_by_role("button", name="Save store policy").click()
+        expect(page.get_by_role("status")).to_have_text("Store policy saved for default.")
+        expect(policy.get_by_role("alert")).to_have_count(0)
+        expect(page.locator("#policy-summary")).to_have_text("sample (0.25), default metadata app=console")
+        saved = httpx.get(base, headers=AUTH).json()["store_policy"]
+        assert saved == {"mode": "sample", "sample_rate": 0.25, "metadata": {"app": "console"}}
+
+        page.reload()  # what the page shows comes from the server
+        expect(mode).to_have_value("sample")
+        expect(policy.get_by_label("Sample rate")).to_have_value("0.25")
+        expect(policy.get_by_label("Metadata value")).to_have_value("console")
+        mode.select_option("request")
+        expect(policy.get_by_label("Sample rate")).to_be_hidden()
+        policy.get_by_role("button", name="Remove this pair").click()
+        policy.get_by_role("button", name="Save store policy").click()
+        expect(page.locator("#policy-summary")).to_have_text("request")
+        assert httpx.get(base, headers=AUTH).json()["store_policy"]["mode"] == "request"
+    finally:  # the server is shared by the module's tests: leave the policy as it was
+        httpx.post(base, json={"store_policy": before}, headers=AUTH).raise_for_status()

@@ -1,11 +1,18 @@
 // Administration, for a principal that may list projects (the server key, or laptop mode: with a project
 // switcher whose choice is sent as `OpenAI-Project` on every later call), or a project's admin key (its own
-// project only): usage against quota, the storage switch, API keys (a new key is shown once), the audit log.
+// project only): usage against quota, the storage switch, the store policy, API keys (a new key is shown
+// once), the audit log.
 
-import { api, ApiError, server, session } from "./api.js";
+import { api, ApiError, can, server, session } from "./api.js";
 import { confirmDialog, errorBox, field, formatNumber, formatTime, h } from "./dom.js";
+import { pairRow } from "./completions.js";
 
 const ROLES = ["reader", "contributor", "inference", "admin"];
+const POLICY_MODES = {
+  request: "Only requests that send store: true",
+  all: "Every request that does not send store",
+  sample: "A sample of the requests that do not send store",
+};
 
 // Whether this principal may administer a project (GET /v1/me says; on an older server, try listing them).
 export async function canAdminister() {
@@ -54,7 +61,9 @@ export async function renderAdmin(view, onProjectChange = () => {}) {
   body.replaceChildren(h("div.card.switcher", field("Project", switcher,
     "Every page of the console, stored completions included, shows this project.")));
   if (!project) return;
-  body.append(projectCard(project, status), keysCard(project, status), auditCard(project));
+  body.append(projectCard(project, status));
+  if (can("admin")) body.append(policyCard(project, status));
+  body.append(keysCard(project, status), auditCard(project));
   title.focus();
 }
 
@@ -75,7 +84,6 @@ function projectCard(project, status) {
       status.replaceChildren(errorBox(error));
     }
   });
-  const policy = project.store_policy || {};
   return h("section.card", { "aria-labelledby": "project-title" },
     h("h2", { id: "project-title" }, project.name || project.id),
     h("dl.summary",
@@ -84,12 +92,66 @@ function projectCard(project, status) {
       h("dt", h("label", { for: "usage-meter" }, "Usage")),
       h("dd", meter, ` ${bytes(used)} of ${bytes(quota)}`),
       h("dt", "Answers not stored"), h("dd", formatNumber(project.not_stored)),
-      h("dt", "Store policy"), h("dd", policy.mode || "request",
-        policy.mode === "sample" ? ` (${policy.sample_rate})` : ""),
+      h("dt", "Store policy"), h("dd", { id: "policy-summary" }, policySummary(project.store_policy)),
       h("dt", "Retention"), h("dd", project.retention_days ? `${project.retention_days} days` : "kept until deleted")),
     h("div.field.switch", h("label", storage, " Store completions in this project"),
       project.storage_enabled && !project.storage_effective
         ? h("small.hint", "The server's own storage switch is off, so nothing is stored anyway.") : null));
+}
+
+function policySummary(policy = {}) {
+  const pairs = Object.entries(policy.metadata || {}).map(([k, v]) => `${k}=${v}`);
+  return [policy.mode || "request", policy.mode === "sample" ? ` (${policy.sample_rate})` : "",
+    pairs.length ? `, default metadata ${pairs.join(", ")}` : ""].join("");
+}
+
+// Store by policy: what is stored of the traffic that does not send `store` (old SDKs), and the metadata
+// added to what is stored. Saved whole with POST /organization/projects/{id} {"store_policy": {...}}; the
+// server checks it (the form does not), so a refused value shows the server's message.
+function policyCard(project, status) {
+  const policy = project.store_policy || {};
+  const mode = h("select", { name: "store_policy_mode" },
+    Object.entries(POLICY_MODES).map(([value, label]) =>
+      h("option", { value, selected: value === (policy.mode || "request") }, `${value}: ${label}`)));
+  const rate = h("input", { type: "number", name: "sample_rate", step: "any", value: String(policy.sample_rate ?? 0) });
+  const rateField = field("Sample rate", rate, "0 to 1: the share of such requests that is stored.");
+  const showRate = () => { rateField.hidden = mode.value !== "sample"; };
+  mode.addEventListener("change", showRate);
+  showRate();
+  const pairs = h("div.pairs", Object.entries(policy.metadata || {}).map(([k, v]) => pairRow(k, v)));
+  const errors = h("div");
+  const form = h("form.card.policy", { "aria-labelledby": "policy-title", novalidate: true },
+    h("h2", { id: "policy-title" }, "Store by policy"),
+    field("Store", mode, "A request's own store: true or false always wins."),
+    rateField,
+    h("fieldset.metadata",
+      h("legend", "Default metadata (added to what is stored; a request's own pairs win)"),
+      pairs,
+      h("button.quiet", { type: "button", onclick: () => { const row = pairRow(); pairs.append(row); row.querySelector("input").focus(); } },
+        "Add pair")),
+    errors,
+    h("div.actions", h("button", { type: "submit" }, "Save store policy")));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    errors.replaceChildren();
+    const metadata = {};
+    for (const row of pairs.children) {
+      const [k, v] = row.querySelectorAll("input");
+      if (k.value.trim()) metadata[k.value.trim()] = v.value;
+    }
+    const wanted = { mode: mode.value, metadata };
+    if (mode.value === "sample") wanted.sample_rate = rate.value.trim() === "" ? null : Number(rate.value);
+    try {
+      const saved = await api(`organization/projects/${encodeURIComponent(project.id)}`, {
+        method: "POST", body: { store_policy: wanted },
+      });
+      document.getElementById("policy-summary")?.replaceChildren(policySummary(saved.store_policy));
+      status.replaceChildren(h("p.notice", { role: "status" }, `Store policy saved for ${project.id}.`));
+    } catch (error) {
+      errors.replaceChildren(errorBox(error));
+    }
+  });
+  return form;
 }
 
 function keysCard(project, status) {

@@ -92,7 +92,7 @@ function unauthorized(error) {
 
 // --- the filter form -----------------------------------------------------------------------------
 
-function pairRow(key = "", value = "") {
+export function pairRow(key = "", value = "") {
   const keyInput = h("input", { type: "text", name: "meta-key", value: key, "aria-label": "Metadata key", placeholder: "key" });
   const valueInput = h("input", { type: "text", name: "meta-value", value, "aria-label": "Metadata value", placeholder: "value" });
   const row = h("div.pair", keyInput, h("span.eq", { "aria-hidden": "true" }, "="), valueInput,
