@@ -40,8 +40,11 @@ async function resolveSession() {
     return true;
   } catch (error) {
     if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
-      if (session.key && error.status === 403) session.key = null;
-      return error.status === 403 ? error : false;
+      // A key or token that was good and is not any more (revoked, expired): forget it and say why.
+      // Without one, a 401 only means this server needs one.
+      const had = Boolean(session.key);
+      if (had) session.key = null;
+      return had || error.status === 403 ? error : false;
     }
     throw error;
   }
@@ -53,9 +56,9 @@ function renderSignIn(problem) {
   if (problem instanceof ApiError) errors.append(errorBox(problem));
   const form = h("form.card.signin", { "aria-labelledby": "signin-title" },
     h("h1", { id: "signin-title", tabindex: "-1" }, "Sign in"),
-    h("p", "This server needs an API key. It is kept in this tab only (session storage) and sent as ",
+    h("p", "This server needs an API key or an identity-provider token. It is kept in this tab only (session storage) and sent as ",
       h("code", "Authorization: Bearer"), "."),
-    field("API key", input, "A project key with read access, or the server key."),
+    field("API key or token", input, "A project key with read access, the server key, or an OIDC token (a JWT) whose roles may read."),
     errors,
     h("button", { type: "submit" }, "Sign in"));
   form.addEventListener("submit", async (event) => {
