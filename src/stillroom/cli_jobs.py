@@ -146,6 +146,7 @@ def distill(
     from stillroom.distill.export import Selection
     from stillroom.store.blobs import LocalFileStorage
     from stillroom.store.projects import direct_writes
+    from stillroom.stored import StoredFilter
     from stillroom.training import jobs
 
     settings = load_settings_or_fail(debug, database_url=database_url, config=config)
@@ -162,7 +163,7 @@ def distill(
             writes,
             LocalFileStorage(settings.files_dir),
             project,
-            Selection(metadata=pairs, model=model),
+            Selection(StoredFilter(metadata=pairs, model=model)),
             options,
             max_bytes=settings.max_file_bytes,
         )

@@ -14,7 +14,7 @@ from stillroom.store import projects as store
 from stillroom.store import purge
 from stillroom.store.blobs import FileStorage
 from stillroom.store.db import Engine
-from stillroom.stored import parse_search_param
+from stillroom.stored import FILTER_FIELDS, parse_stored_filter
 from stillroom.wire.chat import validate_metadata
 from stillroom.wire.ids import completion_id_floor, new_project_id
 
@@ -134,7 +134,7 @@ def delete_chat_completions(
 ) -> dict[str, Any]:
     """Delete every stored completion matching a filter (metadata pairs, model, created range, full-text
     search), in batches; with `dry_run: true`, only count them."""
-    known = {"metadata", "model", "created_after", "created_before", "search", "dry_run"}
+    known = {*FILTER_FIELDS, "dry_run"}
     unknown = sorted(set(body) - known)
     if unknown:
         raise BadRequestError(f"Unknown parameter: '{unknown[0]}'.", param=unknown[0])
@@ -160,23 +160,16 @@ def delete_chat_completions(
 
 
 def _filter(body: dict[str, Any]) -> purge.CompletionFilter:
-    pairs = validate_metadata(body.get("metadata")) or {}
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequestError("Invalid 'model': expected a string.", param="model")
-    bounds = []
-    for param in ("created_after", "created_before"):
-        value = body.get(param)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
-            raise BadRequestError(f"Invalid '{param}': expected a unix time in seconds.", param=param)
-        bounds.append(None if value is None else completion_id_floor(int(value * 1_000_000)))
-    words = parse_search_param(body.get("search"))
-    if not pairs and model is None and bounds == [None, None] and words is None:
+    """The list's filter (stillroom.stored.parse_stored_filter), of which at least one field must be set."""
+    selection = parse_stored_filter(body)
+    if selection.is_empty():
         raise BadRequestError(
             "Give at least one of 'metadata', 'model', 'created_after', 'created_before' or 'search'.",
             param="metadata",
         )
-    return purge.CompletionFilter(tuple(sorted(pairs.items())), model, bounds[0], bounds[1], words)
+    bounds = [None if us is None else completion_id_floor(us) for us in selection.time_range]
+    pairs = tuple(sorted(selection.metadata.items()))
+    return purge.CompletionFilter(pairs, selection.model, bounds[0], bounds[1], selection.search)
 
 
 def _name(value: Any) -> str:

@@ -20,6 +20,8 @@ from stillroom.store.blobs import LocalFileStorage
 from stillroom.store.completions import CompletionRecord, save_completions
 from stillroom.store.files import count_files
 from stillroom.store.projects import direct_writes
+from stillroom.store.timeline import id_micros
+from stillroom.stored import StoredFilter
 from stillroom.wire.ids import new_completion_id
 from tests.jobs_db import migrated
 
@@ -71,7 +73,7 @@ def _build(
         direct_writes(engine),
         storage,
         project,
-        selection or Selection(metadata={"tag": "t"}),
+        selection or Selection(StoredFilter(metadata={"tag": "t"})),
         DatasetOptions(**options),
         max_bytes=1 << 24,
     )
@@ -114,7 +116,9 @@ def test_ids_time_range_and_limit_select(engine: Engine, tmp_path: Path) -> None
     records = [_record(project, i) for i in range(30)]
     save_completions(engine, records)
     storage = LocalFileStorage(tmp_path)
-    ranged = _build(engine, storage, project, Selection(created_after=1005, created_before=1020))
+    # A time range is the list's: on the ids' times, after inclusive, before exclusive (µs here).
+    window = StoredFilter(created_after=id_micros(records[5].id), created_before=id_micros(records[20].id))
+    ranged = _build(engine, storage, project, Selection(window))
     assert [r["messages"][1]["content"] for r in _lines(storage, ranged.training.id)] == [f"q{i}" for i in range(5, 20)]
     chosen = _build(engine, storage, project, Selection(ids=tuple(r.id for r in records[:12])))
     assert chosen.training_examples == 12

@@ -10,6 +10,7 @@ from typing import Any
 
 from stillroom.store import completions as store
 from stillroom.store.db import Engine
+from stillroom.stored import StoredFilter, is_selected
 
 _PAGE = 500
 _MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "function_call", "weight")
@@ -17,23 +18,12 @@ _MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "funct
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """Which stored completions: all metadata pairs must match; `created_*` are unix seconds (after is
-    inclusive, before exclusive); `ids`, when given, names the completions (in that order)."""
+    """Which stored completions: those the list's filters match (metadata pairs, model, search, creation
+    time range: stillroom.stored.StoredFilter); with `ids`, the completions it names (in that order) that
+    the filters also match."""
 
-    metadata: dict[str, str] = field(default_factory=dict)
-    model: str | None = None
-    created_after: int | None = None
-    created_before: int | None = None
+    filters: StoredFilter = field(default_factory=StoredFilter)
     ids: tuple[str, ...] = ()
-
-    def matches(self, row: store.StoredCompletion) -> bool:
-        created = int(row.response.get("created") or 0)
-        return (
-            (self.model is None or row.model == self.model)
-            and all(row.metadata.get(k) == v for k, v in self.metadata.items())
-            and (self.created_after is None or created >= self.created_after)
-            and (self.created_before is None or created < self.created_before)
-        )
 
 
 def iter_selected(
@@ -41,19 +31,29 @@ def iter_selected(
 ) -> Iterator[tuple[store.StoredCompletion, list[dict[str, Any]]]]:
     """Every selected completion with its input messages, in commit order (or the order of `ids`);
     `incomplete=False` skips the incomplete ones without reading their messages."""
+    chosen = selection.filters
     if selection.ids:
         for completion_id in dict.fromkeys(selection.ids):
             row = store.get_completion(engine, project_id, completion_id)
-            if row is not None and selection.matches(row) and (incomplete or not row.incomplete):
-                yield row, store.get_messages(engine, project_id, completion_id) or []
+            if row is None or (row.incomplete and not incomplete) or not is_selected(engine, row, chosen):
+                continue
+            yield row, store.get_messages(engine, project_id, completion_id) or []
         return
     after_seq: int | None = None
     while True:
         rows, bodies, has_more = store.list_completions_with_messages(
-            engine, project_id, metadata=selection.metadata, model=selection.model, after_seq=after_seq, limit=_PAGE
+            engine,
+            project_id,
+            metadata=chosen.metadata,
+            model=chosen.model,
+            after_seq=after_seq,
+            limit=_PAGE,
+            search=chosen.search,
+            created_after=chosen.created_after,
+            created_before=chosen.created_before,
         )
         for row in rows:
-            if not selection.matches(row) or (row.incomplete and not incomplete):
+            if row.incomplete and not incomplete:
                 continue
             if row.incomplete:  # the page loads no bodies for these; few are kept, so fetch them one by one
                 yield row, store.get_messages(engine, project_id, row.id) or []
@@ -82,7 +82,7 @@ def iter_training_rows(
     engine: Engine, project_id: str, *, metadata: dict[str, str], model: str | None
 ) -> Iterator[dict[str, Any]]:
     """One row per complete stored completion with an answer, in commit order (what `stillroom export` writes)."""
-    selection = Selection(metadata=metadata, model=model)
+    selection = Selection(StoredFilter(metadata=metadata, model=model))
     for row, messages in iter_selected(engine, project_id, selection, incomplete=False):
         if (training := training_row(row, messages)) is not None:
             yield training

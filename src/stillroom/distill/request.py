@@ -1,10 +1,14 @@
 """The Distill request (`POST /fine_tuning/datasets`): which stored completions, and how to make them a
 dataset. Every field is optional:
 
-    {"metadata": {"k": "v"}, "model": "...", "created_after": 1700000000, "created_before": 1800000000,
-     "ids": ["chatcmpl-..."], "limit": 1000, "validation_split": 0.1, "seed": 0,
+    {"metadata": {"k": "v"}, "model": "...", "search": "refund*", "created_after": 1700000000,
+     "created_before": 1800000000, "ids": ["chatcmpl-..."], "limit": 1000, "validation_split": 0.1, "seed": 0,
      "drop_truncated": true, "drop_incomplete": true, "dedupe": true,
      "system_prompt": "keep" | "strip" | {"replace": "You are ..."}}
+
+The selection fields (`metadata`, `model`, `search`, `created_after`, `created_before`) are the stored
+completions list's, parsed by the same code (stillroom.stored.parse_stored_filter), so a dataset holds what
+the list's filter shows; with `ids`, the named completions that also match them.
 """
 
 from __future__ import annotations
@@ -14,14 +18,11 @@ from typing import Any, Literal
 from stillroom.distill.dataset import DatasetOptions
 from stillroom.distill.export import Selection
 from stillroom.errors import BadRequestError
-from stillroom.wire.chat import validate_metadata
+from stillroom.stored import FILTER_FIELDS, parse_stored_filter
 
 _KNOWN = frozenset(
     (
-        "metadata",
-        "model",
-        "created_after",
-        "created_before",
+        *FILTER_FIELDS,
         "ids",
         "limit",
         "validation_split",
@@ -41,16 +42,7 @@ def parse_dataset_request(body: dict[str, Any]) -> tuple[Selection, DatasetOptio
     ids = body.get("ids") or []
     if not isinstance(ids, list) or not all(isinstance(i, str) and "\x00" not in i for i in ids):
         raise BadRequestError("Invalid 'ids': expected a list of completion ids.", param="ids")
-    model = body.get("model")
-    if model is not None and (not isinstance(model, str) or "\x00" in model):
-        raise BadRequestError("Invalid 'model': expected a string.", param="model")
-    selection = Selection(
-        metadata=validate_metadata(body.get("metadata")) or {},
-        model=model,
-        created_after=_integer(body, "created_after"),
-        created_before=_integer(body, "created_before"),
-        ids=tuple(ids),
-    )
+    selection = Selection(parse_stored_filter(body), ids=tuple(ids))
     mode, replacement = _system_prompt(body.get("system_prompt", "keep"))
     split = body.get("validation_split", 0.0)
     if isinstance(split, bool) or not isinstance(split, int | float):

@@ -25,6 +25,7 @@ import orjson
 from stillroom.errors import BadRequestError
 from stillroom.store import completions as completion_store
 from stillroom.store.db import Engine
+from stillroom.stored import StoredFilter, is_selected, parse_stored_filter
 
 ReadFile = Callable[[str, str], bytes]  # (project id, file id) -> its bytes (raises NotFoundError)
 _PAGE = 200
@@ -76,25 +77,30 @@ def _jsonl_item(index: int, row: Any) -> Item:
 
 
 def stored_completion_items(engine: Engine, project_id: str, source: dict[str, Any]) -> list[Item]:
-    """The selection, oldest first: metadata pairs, model, created_after/before (unix seconds), limit; or
-    the completions `ids` names, in that order (the other filters still apply)."""
+    """The selection, oldest first: the stored completions list's filters (metadata pairs, model, search,
+    created_after/created_before in unix seconds, after inclusive and before exclusive, parsed by the list's
+    own code: stillroom.stored), and `limit`; or the completions `ids` names, in that order, that the
+    filters also match."""
     limit = source.get("limit") or MAX_ITEMS
+    chosen = parse_stored_filter(source, "data_source.source.")
     if source.get("ids"):
-        return _items_by_id(engine, project_id, source, limit)
+        return _items_by_id(engine, project_id, source["ids"], chosen, limit)
     after_seq: int | None = None
     items: list[Item] = []
     while len(items) < limit:
         rows, bodies, has_more = completion_store.list_completions_with_messages(
             engine,
             project_id,
-            metadata=source.get("metadata") or {},
-            model=source.get("model"),
+            metadata=chosen.metadata,
+            model=chosen.model,
             after_seq=after_seq,
             limit=_PAGE,
+            search=chosen.search,
+            created_after=chosen.created_after,
+            created_before=chosen.created_before,
         )
         for row in rows:
-            created = int(row.response.get("created") or 0)
-            if row.incomplete or not _in_window(created, source):
+            if row.incomplete:
                 continue
             messages = [bodies[d] for d in row.message_digests]
             items.append(_stored_item(len(items), row, messages))
@@ -106,27 +112,17 @@ def stored_completion_items(engine: Engine, project_id: str, source: dict[str, A
     return items
 
 
-def _items_by_id(engine: Engine, project_id: str, source: dict[str, Any], limit: int) -> list[Item]:
+def _items_by_id(engine: Engine, project_id: str, ids: list[str], chosen: StoredFilter, limit: int) -> list[Item]:
     items: list[Item] = []
-    wanted = source.get("metadata") or {}
-    for completion_id in dict.fromkeys(source["ids"]):
+    for completion_id in dict.fromkeys(ids):
         if len(items) >= limit:
             break
         row = completion_store.get_completion(engine, project_id, completion_id)
-        if row is None or row.incomplete:
-            continue
-        if source.get("model") not in (None, row.model) or any(row.metadata.get(k) != v for k, v in wanted.items()):
-            continue
-        if not _in_window(int(row.response.get("created") or 0), source):
+        if row is None or row.incomplete or not is_selected(engine, row, chosen):
             continue
         messages = completion_store.get_messages(engine, project_id, completion_id) or []
         items.append(_stored_item(len(items), row, messages))
     return items
-
-
-def _in_window(created: int, source: dict[str, Any]) -> bool:
-    after, before = source.get("created_after"), source.get("created_before")
-    return (after is None or created >= after) and (before is None or created <= before)
 
 
 def _stored_item(index: int, row: completion_store.StoredCompletion, messages: list[dict[str, Any]]) -> Item:

@@ -17,6 +17,7 @@ from stillroom.evals.judges import normalise_message
 from stillroom.store import evals as store
 from stillroom.store.db import Engine
 from stillroom.store.projects import Writes
+from stillroom.stored import FILTER_FIELDS, parse_stored_filter
 from stillroom.wire.chat import validate_metadata
 from stillroom.wire.pages import parse_page, render_page
 
@@ -241,15 +242,16 @@ def _source(source: Any, *, allow_stored: bool) -> dict[str, Any]:
             raise BadRequestError("A file_id source needs 'id'.", param=f"{param}.id")
         return {"type": kind, "id": source["id"]}
     if kind == "stored_completions" and allow_stored:
-        out: dict[str, Any] = {"type": kind}
-        metadata = source.get("metadata")
-        out["metadata"] = validate_metadata(metadata, f"{param}.metadata") if metadata else None
-        for key in ("model", "created_after", "created_before", "limit"):
-            value = source.get(key)
-            expected = str if key == "model" else int
-            if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
-                raise BadRequestError(f"Invalid '{param}.{key}'.", param=f"{param}.{key}")
-            out[key] = value
+        # The list's filter fields, checked by the list's own parser; kept as given, parsed again to load.
+        parse_stored_filter(source, f"{param}.")
+        out: dict[str, Any] = {"type": kind, **{key: source.get(key) for key in FILTER_FIELDS}}
+        out["metadata"] = out["metadata"] or None
+        if out["search"] is None:  # Stillroom's own field: absent unless given, as OpenAI's source shows it
+            del out["search"]
+        limit = source.get("limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+            raise BadRequestError(f"Invalid '{param}.limit'.", param=f"{param}.limit")
+        out["limit"] = limit
         ids = source.get("ids")
         if ids is not None:
             if not isinstance(ids, list) or not all(isinstance(i, str) and "\x00" not in i for i in ids):

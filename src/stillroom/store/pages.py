@@ -141,12 +141,19 @@ def list_completions_with_messages(
     model: str | None,
     after_seq: int | None,
     limit: int,
+    search: Words | None = None,
+    created_after: int | None = None,
+    created_before: int | None = None,
 ) -> tuple[list[StoredCompletion], dict[str, dict[str, Any]], bool]:
     """An ascending page of complete completions after `after_seq`, with the bodies of their messages, read
     in one snapshot (a delete committed meanwhile cannot take a body from under a listed row). Also
-    returns whether more follow; the next page starts after the last row's `seq`."""
+    returns whether more follow; the next page starts after the last row's `seq`. The filters are the
+    list's (`list_completions`)."""
     with read_transaction(engine) as conn:
-        rows, has_more = _page(conn, project_id, metadata, model, after_seq, limit, False)
+        narrowing = narrow(conn, project_id, search, created_after, created_before)
+        if narrowing is None:
+            return [], {}, False
+        rows, has_more = _page(conn, project_id, metadata, model, after_seq, limit, False, narrowing)
         digests = {d for row in rows if not row.incomplete for d in row.message_digests}
         return rows, message_bodies(conn, project_id, digests), has_more
 

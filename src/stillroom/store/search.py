@@ -145,6 +145,13 @@ def matching_seqs(dialect: str, words: Words) -> tuple[ColumnClause[Any], Column
     return search_table.c.seq, search_table.c.document.op("@@")(query)
 
 
+def has_words(engine: Engine, seq: int, words: Words) -> bool:
+    """Whether the completion at `seq` holds every word (one probe of the index)."""
+    found, condition = matching_seqs(engine.dialect.name, words)
+    with engine.connect() as conn:
+        return conn.execute(select(found).select_from(search_table).where(found == seq, condition)).first() is not None
+
+
 # --- writes ----------------------------------------------------------------------------------------
 
 
@@ -173,11 +180,13 @@ def unindex_completions(
 ) -> None:
     """Take deleted completions out of the index, in the delete's transaction, before their message
     contents are freed. `rows`: (seq, response JSON, message digests JSON) of each. `bodies`: the
-    messages by digest when the caller has them, else they are read. Nothing to do on PostgreSQL (the
-    foreign key cascades)."""
+    messages by digest when the caller has them, else they are read. Rows above the watermark were never
+    indexed (stillroom.store.search_tail) and are left alone. Nothing to do on PostgreSQL (the foreign key
+    cascades)."""
     if conn.dialect.name != "sqlite":
         return
-    rows = list(rows)
+    through = conn.execute(text("SELECT value FROM sequences WHERE name = 'search'")).scalar_one()
+    rows = [row for row in rows if row[0] <= through]
     digests_of = {seq: orjson.loads(digests) for seq, _, digests in rows}
     if bodies is None:
         bodies = read_bodies(conn, project_id, {d for ds in digests_of.values() for d in ds})

@@ -21,7 +21,7 @@ export function setFlash(text) {
   flash = text;
 }
 
-function filtersFrom(params) {
+export function filtersFrom(params) {
   const metadata = [];
   for (const [name, value] of params) if (name.startsWith("m.")) metadata.push([name.slice(2), value]);
   return {
@@ -59,15 +59,16 @@ function seconds(local, end = false) {
   return Number.isNaN(time) ? null : Math.floor(time / 1000) + (end ? 1 : 0);
 }
 
-function listQuery(filters) {
+export function listQuery(filters) {
   const query = [["limit", filters.limit], ["order", filters.order], ["after", filters.after], ["model", filters.model],
     ["created_after", seconds(filters.from)], ["created_before", seconds(filters.to, true)], ["search", filters.q]];
   for (const [key, value] of filters.metadata) query.push([`metadata[${key}]`, value]);
   return query;
 }
 
-// The filters as the body of POST /organization/projects/{id}/chat_completions/delete.
-function deleteFilter(filters) {
+// The filters as a JSON body: delete by filter (POST /organization/projects/{id}/chat_completions/delete),
+// a Distill dataset and an eval's stored_completions source take the list's filter fields alike.
+export function filterBody(filters) {
   const body = {};
   if (filters.metadata.length) body.metadata = Object.fromEntries(filters.metadata);
   if (filters.model) body.model = filters.model;
@@ -81,7 +82,7 @@ function isFiltered(filters) {
   return Boolean(filters.model || filters.metadata.length || filters.from || filters.to || filters.q);
 }
 
-function bulkPath() {
+export function bulkPath() {
   const project = server.me?.project_id || session.project || "default";
   return `organization/projects/${encodeURIComponent(project)}/chat_completions/delete`;
 }
@@ -264,36 +265,28 @@ export async function renderCompletions(view, params) {
   // Once every row of the page is selected: widen the selection to every match (counted by a dry run).
   const allMatchingButton = h("button.quiet", { type: "button", hidden: true }, "Select all matching");
   const clearButton = h("button.quiet", { type: "button", disabled: true }, "Clear selection");
-  // Distill and Evaluate take the selected ids, or with none selected every completion the filters match.
+  // Distill and Evaluate take the selected ids, or with none selected (or all matching) every completion
+  // the filters match: the list's own filter parameters travel in the wizard's URL.
   const scope = () => {
-    const params = new URLSearchParams();
-    if (selected.size) params.set("ids", [...selected].join(","));
-    if (filters.model) params.set("model", filters.model);
-    for (const [key, value] of filters.metadata) params.append(`m.${key}`, value);
+    const params = new URLSearchParams(hashFor({ ...filters, order: "desc", limit: "20", after: "" }).split("?")[1] || "");
+    if (selected.size && allMatching === null) params.set("ids", [...selected].join(","));
     return params.toString();
   };
   const distillButton = h("button", { type: "button", hidden: !acts, title: "Make a fine-tuning dataset and train a student",
     onclick: () => { location.hash = `#/distill?${scope()}`; } }, "Distill");
   const evaluateButton = h("button", { type: "button", hidden: !acts, title: "Grade the answers and compare models",
     onclick: () => { location.hash = `#/evaluate?${scope()}`; } }, "Evaluate");
-  // Distill and Evaluate carry ids, model and metadata: a search or time range needs rows selected.
-  const narrowed = Boolean(filters.q || filters.from || filters.to);
   const onSelect = () => {
     if (allMatching !== null) {
       count.textContent = `All ${formatNumber(allMatching)} matching selected`;
       deleteButton.textContent = `Delete all ${formatNumber(allMatching)} matching`;
     } else {
       count.textContent = selected.size ? `${selected.size} selected`
-        : acts && !narrowed ? "None selected: Distill and Evaluate take every match" : "None selected";
+        : acts ? "None selected: Distill and Evaluate take every match" : "None selected";
       deleteButton.textContent = "Delete selected";
     }
     const any = allMatching !== null || selected.size > 0;
     deleteButton.disabled = clearButton.disabled = !any;
-    const bare = narrowed && (allMatching !== null || !selected.size);
-    for (const button of [distillButton, evaluateButton]) {
-      button.disabled = bare;
-      button.title = bare ? "Select rows: Distill and Evaluate cannot take a search or a time range as their scope" : "";
-    }
     syncAll();
   };
   const allBox = h("input", { type: "checkbox", "aria-label": "Select every row on this page" });
@@ -344,7 +337,7 @@ export async function renderCompletions(view, params) {
   allMatchingButton.addEventListener("click", async () => {
     allMatchingButton.disabled = true;
     try {
-      const counted = await api(bulkPath(), { method: "POST", body: { ...deleteFilter(filters), dry_run: true } });
+      const counted = await api(bulkPath(), { method: "POST", body: { ...filterBody(filters), dry_run: true } });
       allMatching = counted.matched;
       for (const box of body.querySelectorAll("input[type=checkbox]")) box.disabled = true;
     } catch (error) {
@@ -420,7 +413,7 @@ async function deleteSelected(status, filters) {
 async function deleteMatching(status, filters) {
   let counted;
   try {
-    counted = await api(bulkPath(), { method: "POST", body: { ...deleteFilter(filters), dry_run: true } });
+    counted = await api(bulkPath(), { method: "POST", body: { ...filterBody(filters), dry_run: true } });
   } catch (error) {
     status.replaceChildren(errorBox(error));
     return;
@@ -432,7 +425,7 @@ async function deleteMatching(status, filters) {
   if (!ok) return;
   let done;
   try {
-    done = await api(bulkPath(), { method: "POST", body: deleteFilter(filters) });
+    done = await api(bulkPath(), { method: "POST", body: filterBody(filters) });
   } catch (error) {
     status.replaceChildren(errorBox(error));
     return;
