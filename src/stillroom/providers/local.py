@@ -52,6 +52,13 @@ class LocalProvider:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stillroom-local-{model.name}")
 
     def _model(self) -> Any:
+        if self._config.is_model_folder:
+            raise BadRequestError(
+                f"The model {self.name!r} is a Hugging Face model folder: its fine-tuned models are served, but "
+                "llama.cpp cannot run the folder itself (configure a GGUF file to chat with the base).",
+                param="model",
+                code="model_not_supported",
+            )
         with self._load_lock:
             if self._llama is None:
                 from llama_cpp import Llama  # imported on first use: loading the library takes a while
@@ -60,8 +67,9 @@ class LocalProvider:
             return self._llama
 
     def load(self) -> None:
-        """Load the weights now rather than on the first request."""
-        self._model()
+        """Load the weights now rather than on the first request (a model folder has none to load)."""
+        if not self._config.is_model_folder:
+            self._model()
 
     def _arguments(self, body: dict[str, Any]) -> dict[str, Any]:
         args: dict[str, Any] = {k: body[k] for k in _PASSED if body.get(k) is not None}

@@ -1,12 +1,15 @@
 """The local trainer as a worker runs it: job hyperparameters in, `TrainResult` out, cancellation mapped.
-Its libraries come with the `train` extra; without them a job fails while its files are validated, saying so."""
+Its libraries come with the `train` extra; without them a job fails while its files are validated, saying so,
+as does a job on a Hugging Face model folder whose student could not be written as GGUF (`hf_gguf.py`)."""
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from stillroom.errors import BadRequestError
 from stillroom.training.worker import JobCancelled, JobFailed, RunContext, RunResult
 
 TRAINING_MODULES = ("torch", "transformers", "peft", "gguf")
@@ -21,6 +24,16 @@ def check_training_extra(modules: Sequence[str] = TRAINING_MODULES) -> None:
             f"This worker cannot train: {', '.join(missing)} not installed. The local trainer comes with the "
             "train extra: pip install -e '.[train]' (or 'stillroom[train]'), then restart stillroom serve/worker.",
         )
+
+
+def check_model_folder(folder: Path) -> None:
+    """JobFailed (`model_not_available`) unless a Hugging Face model folder's student can be written as GGUF."""
+    from stillroom.training.hf_gguf import check_hf_base
+
+    try:
+        check_hf_base(folder)
+    except BadRequestError as exc:
+        raise JobFailed("model_not_available", exc.message, "model") from None
 
 
 class LocalTrainer:
@@ -55,7 +68,10 @@ class LocalTrainer:
         from stillroom.training.trainer import resolve_hyperparameters
 
         check_training_extra()
-        return resolve_hyperparameters(context.n_examples, self._config(context))
+        config = self._config(context)
+        if config.base_model.is_dir():
+            check_model_folder(config.base_model)
+        return resolve_hyperparameters(context.n_examples, config)
 
     def run(self, context: RunContext) -> RunResult:
         from stillroom.training.trainer import TrainingCancelled, train

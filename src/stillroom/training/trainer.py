@@ -21,8 +21,9 @@ costs nothing.
 `should_stop()` is polled before every micro-batch; once it is true `train` raises `TrainingCancelled`
 within one micro-batch (a few seconds on two cores). The run writes under `output_dir`:
 `adapter/` (PEFT safetensors: the weights the user downloads), `checkpoints/step-N/`, `metrics.csv`
-(OpenAI's result-file columns), and for a GGUF base `student.gguf` (merged, adapted tensors in Q8_0:
-what llama.cpp serves at the base's speed) and `adapter.gguf` (llama.cpp's LoRA format).
+(OpenAI's result-file columns), `student.gguf` (merged, adapted tensors in Q8_0: what llama.cpp serves at
+the base's speed; for a model-folder base every weight is Q8_0, written by `hf_gguf.py`) and, for a GGUF
+base, `adapter.gguf` (llama.cpp's LoRA format).
 
 Training is fp32 (no bf16 assumption), on CUDA where present and otherwise on all of the machine's
 cores, without gradient checkpointing. The loop runs through Hugging Face accelerate, so the same code
@@ -62,7 +63,7 @@ class TrainingCancelled(Exception):
 
 @dataclass
 class TrainConfig:
-    base_model: Path  # a GGUF file (the bundled SmolLM2: ModelConfig.model_path()) or a local HF model folder
+    base_model: Path  # a GGUF file (the bundled SmolLM2: ModelConfig.model_path()) or a local HF llama folder
     training_file: Path  # chat fine-tuning JSONL: {"messages": [...], "tools"?: [...]} per line
     validation_file: Path | None
     output_dir: Path
@@ -83,10 +84,10 @@ class TrainResult:
     steps: int
     adapter_dir: Path
     metrics_csv: Path
-    gguf_path: Path | None  # merged student; None when the base is not a GGUF file
+    gguf_path: Path | None  # merged student (None only in a non-main accelerate process)
     final_train_loss: float
     final_valid_loss: float | None
-    adapter_gguf_path: Path | None = None
+    adapter_gguf_path: Path | None = None  # a GGUF base's adapter in llama.cpp's LoRA format
     checkpoints: list[Path] = field(default_factory=list)
     model: Any = None  # the trained PEFT model, in memory (evaluate it without loading the base again)
     tokenizer: Any = None
@@ -127,6 +128,10 @@ def load_base(path: Path) -> tuple[Any, Any]:
     model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if path.is_dir():
+        from stillroom.training.hf_gguf import check_hf_base
+
+        check_hf_base(path)  # before loading or training: its student must be convertible to GGUF
     model.config.use_cache = False
     return model, tokenizer
 
@@ -368,18 +373,23 @@ class _Run:
 
 
 def train(cfg: TrainConfig, *, on_event: Callable[[Event], None], should_stop: Callable[[], bool]) -> TrainResult:
-    """Train a LoRA on `cfg.base_model`; write the adapter, metrics and (GGUF base) the student GGUF."""
+    """Train a LoRA on `cfg.base_model`; write the adapter, metrics and the student GGUF."""
     run = _Run(cfg, on_event, should_stop)
     run.setup()
     run.run()
     adapter_dir = cfg.output_dir / "adapter"
     run.save_adapter(adapter_dir)
     gguf_path = adapter_gguf = None
-    if cfg.base_model.suffix == ".gguf" and run.accelerator.is_main_process:
-        from stillroom.training.student import write_student
-
+    if run.accelerator.is_main_process:
         run.emit(_message("Writing the student model as GGUF"))
-        gguf_path, adapter_gguf = write_student(cfg.base_model, adapter_dir, cfg.output_dir)
+        if cfg.base_model.suffix == ".gguf":
+            from stillroom.training.student import write_student
+
+            gguf_path, adapter_gguf = write_student(cfg.base_model, adapter_dir, cfg.output_dir)
+        else:
+            from stillroom.training.hf_gguf import write_hf_student
+
+            gguf_path = write_hf_student(cfg.base_model, adapter_dir, cfg.output_dir)
     return TrainResult(
         hyperparameters=run.hyperparameters,
         trained_tokens=run.trained_tokens,
