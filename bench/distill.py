@@ -10,10 +10,9 @@ kind of behaviour worked examples teach a 135M model; see shared/spec/distillati
 1. capture: the teacher is the bundled SmolLM2 with a system prompt asking for `Answer: <a few words>.` plus
    two worked examples as user/assistant turns; it answers the training and the held-out questions with
    `store=True` and metadata `{"bench": <run tag>, "split": "train" | "held_out"}`;
-2. dataset: `POST /v1/fine_tuning/datasets` (Distill) selects the `split=train` completions and strips the
-   system prompt. The Distill API keeps few-shot turns, so the bench drops the two worked examples from each
-   line between `files.content` and `files.create` (what a user does by hand today): the student learns
-   {question -> teacher's answer} with no prompt at all;
+2. dataset: `POST /v1/fine_tuning/datasets` (Distill) selects the `split=train` completions, strips the
+   system prompt and keeps only the last exchange (`last_turn`: the two worked examples are dropped): the
+   student learns {question -> teacher's answer} with no prompt at all;
 3. fine-tuning: `fine_tuning.jobs.create` on `smollm2-135m-instruct` (seed 0, `--epochs` 2; auto picks 3,
    half as much training again), followed through `jobs.retrieve` and `jobs.list_events` (step, loss, ETA)
    until it succeeds; the worker trains the LoRA and registers the merged Q8_0 student as
@@ -156,23 +155,17 @@ def capture(client: Any, items: list[str], metadata: dict[str, str], max_tokens:
 
 
 def make_dataset(client: Any, metadata: dict[str, str]) -> tuple[str, dict[str, Any]]:
-    """Distill the stored training split (system prompt stripped), drop the worked-example turns, upload the
-    result; returns the uploaded file's id and the Distill answer's counts."""
-    body = {"metadata": metadata, "system_prompt": "strip", "seed": 0}
+    """Distill the stored training split (system prompt and worked-example turns dropped); returns the training
+    file's id and the Distill answer's counts."""
+    body = {"metadata": metadata, "system_prompt": "strip", "last_turn": True, "seed": 0}
     import httpx
 
     answer = httpx.post(f"{client.base_url}fine_tuning/datasets", json=body, timeout=120)  # a Stillroom route
     answer.raise_for_status()
     dataset = answer.json()
-    distilled = client.files.content(dataset["training_file"]["id"]).text
-    lines = []
-    for line in distilled.splitlines():
-        if line.strip():
-            example = json.loads(line)
-            lines.append(json.dumps({**example, "messages": example["messages"][len(EXAMPLES) :]}))
-    uploaded = client.files.create(file=("bench-train.jsonl", ("\n".join(lines) + "\n").encode()), purpose="fine-tune")
-    log(f"dataset: {dataset['counts']} -> {uploaded.id} ({len(lines)} examples, worked examples dropped)")
-    return uploaded.id, dataset["counts"]
+    file_id = dataset["training_file"]["id"]
+    log(f"dataset: {dataset['counts']} -> {file_id} (system prompt and worked examples dropped)")
+    return file_id, dataset["counts"]
 
 
 # --- 3. fine-tuning ---

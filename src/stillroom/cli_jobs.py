@@ -133,6 +133,9 @@ def distill(
     suffix: Annotated[str | None, typer.Option(help="Name part of the fine-tuned model")] = None,
     validation: Annotated[float, typer.Option(help="Fraction held out as the validation file (0..0.5)")] = 0.0,
     strip_system: Annotated[bool, typer.Option(help="Drop system prompts (prompt distillation)")] = False,
+    last_turn: Annotated[
+        bool, typer.Option(help="Keep only the last user turn and the answer (drop few-shot example turns)")
+    ] = False,
     limit: Annotated[int | None, typer.Option(help="Most examples in the dataset")] = None,
     n_epochs: Annotated[int | None, typer.Option(help="Epochs (default: auto)")] = None,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends")] = True,
@@ -155,7 +158,10 @@ def distill(
         pairs = parse_pairs(metadata)
         bases = [m.name for m in settings.load_models() if m.provider == "local"]
         options = DatasetOptions(
-            validation_fraction=validation, system_prompt="strip" if strip_system else "keep", limit=limit
+            validation_fraction=validation,
+            system_prompt="strip" if strip_system else "keep",
+            last_turn=last_turn,
+            limit=limit,
         )
         writes = direct_writes(engine)
         dataset = build_dataset(

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from stillroom.distill.dataset import DatasetOptions, build_dataset
 from stillroom.distill.export import Selection
 from stillroom.distill.parquet import write_parquet
+from stillroom.distill.request import parse_dataset_request
 from stillroom.errors import BadRequestError
 from stillroom.store.blobs import LocalFileStorage
 from stillroom.store.completions import CompletionRecord, save_completions
@@ -34,7 +35,14 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 
 def _record(
-    project: str, i: int, *, finish: str = "stop", incomplete: bool = False, answer: str | None = None, tag: str = "t"
+    project: str,
+    i: int,
+    *,
+    finish: str = "stop",
+    incomplete: bool = False,
+    answer: str | None = None,
+    tag: str = "t",
+    messages: list[dict[str, Any]] | None = None,
 ) -> CompletionRecord:
     message = {"role": "assistant", "content": answer if answer is not None else f"a{i}", "refusal": None}
     return CompletionRecord(
@@ -52,7 +60,7 @@ def _record(
             "created": 1000 + i,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         },
-        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"q{i}"}],
+        messages=messages or [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"q{i}"}],
         metadata={"tag": tag},
         request_id="req_1",
         stream=False,
@@ -109,6 +117,53 @@ def test_options_drop_dedupe_strip_and_split(engine: Engine, tmp_path: Path) -> 
     }
     kept = _build(engine, storage, project, drop_truncated=False, dedupe=False)
     assert kept.render()["counts"]["training"] == 22
+
+
+FEW_SHOT = [
+    {"role": "system", "content": "Answer in one line."},
+    {"role": "user", "content": "What colour is snow?"},
+    {"role": "assistant", "content": "Answer: white."},
+    {"role": "user", "content": "What is 2 plus 2?"},
+    {"role": "assistant", "content": "Answer: 4."},
+]
+
+
+def test_last_turn_drops_few_shot_turns_and_keeps_or_strips_the_system_prompt(engine: Engine, tmp_path: Path) -> None:
+    project = uuid.uuid4().hex[:12]
+    records = [_record(project, i, messages=[*FEW_SHOT, {"role": "user", "content": f"q{i}"}]) for i in range(12)]
+    tool_turns = [
+        {"role": "user", "content": "q-tool"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
+    records.append(_record(project, 50, messages=[*FEW_SHOT, *tool_turns]))
+    records.append(_record(project, 51, messages=[{"role": "user", "content": "q-alone"}]))
+    save_completions(engine, records)
+    storage = LocalFileStorage(tmp_path)
+
+    kept = _lines(storage, _build(engine, storage, project, last_turn=True).training.id)
+    assert kept[0]["messages"] == [
+        {"role": "system", "content": "Answer in one line."},
+        {"role": "user", "content": "q0"},
+        {"role": "assistant", "content": "a0"},
+    ]
+    assert [m["role"] for m in kept[12]["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+    assert kept[13]["messages"] == [{"role": "user", "content": "q-alone"}, {"role": "assistant", "content": "a51"}]
+
+    stripped = _lines(storage, _build(engine, storage, project, last_turn=True, system_prompt="strip").training.id)
+    assert stripped[0]["messages"] == [{"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"}]
+    assert stripped[0]["tools"]  # the request's tools stay
+    whole = _lines(storage, _build(engine, storage, project, system_prompt="strip").training.id)
+    assert len(whole[0]["messages"]) == 6  # without the option every turn stays
+
+
+def test_a_dataset_request_parses_last_turn() -> None:
+    assert parse_dataset_request({})[1].last_turn is False
+    _, options = parse_dataset_request({"last_turn": True, "system_prompt": "strip"})
+    assert options.last_turn is True and options.system_prompt == "strip"
+    with pytest.raises(BadRequestError) as raised:
+        parse_dataset_request({"last_turn": "yes"})
+    assert raised.value.param == "last_turn"
 
 
 def test_ids_time_range_and_limit_select(engine: Engine, tmp_path: Path) -> None:

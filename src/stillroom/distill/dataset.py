@@ -2,7 +2,8 @@
 validation file), streamed into file storage row by row.
 
 Options: a deterministic validation split (by a hash of the prompt, so one prompt never lands on both sides),
-dropping truncated (`finish_reason: length`) and incomplete answers, dropping duplicates, and stripping or
+dropping truncated (`finish_reason: length`) and incomplete answers, dropping duplicates, keeping only the last
+exchange (the last user turn and the answer, without the few-shot turns before it), and stripping or
 replacing the system prompt (prompt distillation). Memory is constant except for duplicate detection, which
 keeps 8 bytes of hash per distinct example.
 """
@@ -44,6 +45,7 @@ class DatasetOptions:
     dedupe: bool = True
     system_prompt: Literal["keep", "strip", "replace"] = "keep"
     replacement: str | None = None  # the new system prompt, for "replace"
+    last_turn: bool = False  # keep only the last user turn and what follows it (drop few-shot turns)
     seed: int = 0
     limit: int | None = None  # at most this many examples in all
 
@@ -136,6 +138,8 @@ def _write_examples(
         if reason is None and example is None:
             reason = "no_answer"
         if example is not None:
+            if options.last_turn:
+                example = _last_exchange(example)
             example = _with_system_prompt(example, options)
             line = orjson.dumps(example, option=orjson.OPT_SORT_KEYS)
             digest = hashlib.blake2b(line, digest_size=8).digest()
@@ -158,6 +162,17 @@ def _drop_reason(incomplete: bool, finish: str | None, options: DatasetOptions) 
     if finish == "length" and options.drop_truncated:
         return "truncated"
     return None
+
+
+def _last_exchange(example: dict[str, Any]) -> dict[str, Any]:
+    """The system and developer messages, then the last user turn and everything after it (the answer, and
+    any tool calls and results on the way to it): the worked examples of a few-shot prompt are dropped."""
+    messages = example["messages"]
+    last_user = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"), None)
+    if last_user is None:
+        return example
+    head = [m for m in messages[:last_user] if m["role"] in ("system", "developer")]
+    return {**example, "messages": head + messages[last_user:]}
 
 
 def _with_system_prompt(example: dict[str, Any], options: DatasetOptions) -> dict[str, Any]:

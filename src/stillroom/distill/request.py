@@ -3,12 +3,15 @@ dataset. Every field is optional:
 
     {"metadata": {"k": "v"}, "model": "...", "search": "refund*", "created_after": 1700000000,
      "created_before": 1800000000, "ids": ["chatcmpl-..."], "limit": 1000, "validation_split": 0.1, "seed": 0,
-     "drop_truncated": true, "drop_incomplete": true, "dedupe": true,
+     "drop_truncated": true, "drop_incomplete": true, "dedupe": true, "last_turn": false,
      "system_prompt": "keep" | "strip" | {"replace": "You are ..."}}
 
 The selection fields (`metadata`, `model`, `search`, `created_after`, `created_before`) are the stored
 completions list's, parsed by the same code (stillroom.stored.parse_stored_filter), so a dataset holds what
 the list's filter shows; with `ids`, the named completions that also match them.
+
+`last_turn: true` keeps only the last user turn and the answer (and the system prompt, unless it is stripped or
+replaced): the few-shot turns a teacher was prompted with are not learnt.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ _KNOWN = frozenset(
         "drop_truncated",
         "drop_incomplete",
         "dedupe",
+        "last_turn",
         "system_prompt",
     )
 )
@@ -54,6 +58,7 @@ def parse_dataset_request(body: dict[str, Any]) -> tuple[Selection, DatasetOptio
         dedupe=_flag(body, "dedupe"),
         system_prompt=mode,
         replacement=replacement,
+        last_turn=_flag(body, "last_turn", default=False),
         seed=_integer(body, "seed") or 0,
         limit=_integer(body, "limit"),
     )
@@ -69,8 +74,8 @@ def _integer(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def _flag(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name, True)
+def _flag(body: dict[str, Any], name: str, *, default: bool = True) -> bool:
+    value = body.get(name, default)
     if not isinstance(value, bool):
         raise BadRequestError(f"Invalid type for '{name}': expected a boolean.", param=name)
     return value

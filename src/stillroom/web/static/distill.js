@@ -48,6 +48,7 @@ export async function renderDistill(view, params) {
   const [truncated, truncatedField] = checkbox("drop_truncated", "Drop truncated answers (finish_reason 'length')");
   const [incomplete, incompleteField] = checkbox("drop_incomplete", "Drop incomplete answers (the stream broke off)");
   const [dedupe, dedupeField] = checkbox("dedupe", "Drop duplicate examples");
+  const [lastTurn, lastTurnField] = checkbox("last_turn", "Keep only the last exchange (drop few-shot example turns)", false);
   const system = h("select", { name: "system_prompt" },
     h("option", { value: "keep" }, "Keep it"), h("option", { value: "strip" }, "Strip it"),
     h("option", { value: "replace" }, "Replace it"));
@@ -61,7 +62,7 @@ export async function renderDistill(view, params) {
     models.length ? field("Base model", base, "The student starts from this model; only models the server runs itself can be fine-tuned.")
       : h("p.error", "This server has no local model to fine-tune."),
     field("Validation split", split, "0 to 0.5 of the examples, by a hash of the prompt (one prompt never lands on both sides)."),
-    truncatedField, incompleteField, dedupeField,
+    truncatedField, incompleteField, dedupeField, lastTurnField,
     field("System prompt", system, "Strip or replace it to distil the prompt into the student."),
     replaceField,
     h("div.actions", build));
@@ -77,6 +78,7 @@ export async function renderDistill(view, params) {
       drop_truncated: truncated.checked,
       drop_incomplete: incomplete.checked,
       dedupe: dedupe.checked,
+      last_turn: lastTurn.checked,
       system_prompt: system.value === "replace" ? { replace: replacement.value } : system.value,
     };
     build.disabled = true;
