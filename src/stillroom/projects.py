@@ -14,7 +14,7 @@ from stillroom.store import projects as store
 from stillroom.store import purge
 from stillroom.store.blobs import FileStorage
 from stillroom.store.db import Engine
-from stillroom.stored import FILTER_FIELDS, parse_stored_filter
+from stillroom.stored import FILTER_FIELDS, catch_up_search, parse_stored_filter
 from stillroom.wire.chat import validate_metadata
 from stillroom.wire.ids import completion_id_floor, new_project_id
 
@@ -142,6 +142,7 @@ def delete_chat_completions(
     dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise BadRequestError("Invalid 'dry_run': expected a boolean.", param="dry_run")
+    catch_up_search(writes, selection.search)
     if dry_run:
         count = purge.count_completions(engine, project_id, selection)
     else:

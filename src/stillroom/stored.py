@@ -9,8 +9,9 @@ from typing import Any
 
 from stillroom.errors import BadRequestError, NotFoundError
 from stillroom.store import completions as store
-from stillroom.store import search
+from stillroom.store import search, search_tail
 from stillroom.store.db import Engine
+from stillroom.store.projects import Writes
 from stillroom.store.search import Words
 from stillroom.store.timeline import id_micros
 from stillroom.store.writer import CommitQueue
@@ -99,6 +100,14 @@ def parse_time_param(value: Any, param: str) -> int | None:
     if not math.isfinite(seconds) or seconds < 0 or seconds > 2**62 / 1_000_000:
         raise BadRequestError(f"Invalid '{param}': expected a unix time in seconds.", param=param)
     return int(seconds * 1_000_000)
+
+
+def catch_up_search(writes: Writes, words: Words | None) -> None:
+    """Before a search reads: SQLite indexes completions just after their commit (store.search_tail), so a
+    search first indexes everything committed so far, to answer with all of it. A write (through `writes`);
+    nothing without a search, nor on PostgreSQL."""
+    if words is not None:
+        writes(search_tail.catch_up)
 
 
 def is_selected(engine: Engine, row: store.StoredCompletion, selection: StoredFilter) -> bool:

@@ -4,6 +4,7 @@ kept in step by every delete path."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -11,13 +12,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from stillroom.store import purge
+from stillroom.store import purge, search_tail, writer
 from stillroom.store.completions import CompletionRecord, delete_completion, list_completions, save_completions
-from stillroom.store.db import make_engine, write_transaction
+from stillroom.store.db import make_engine, raw_write_transaction, write_transaction
 from stillroom.store.migrate import upgrade_database
 from stillroom.store.projects import create_project
 from stillroom.store.search import document_text, fts5_query, parse_search, search_terms, tsquery
 from stillroom.store.timeline import id_micros
+from stillroom.store.writer import CommitQueue
 from stillroom.wire.ids import _base62, completion_id_floor, new_completion_id
 
 HOUR = 3_600_000_000  # µs
@@ -263,3 +265,124 @@ def test_search_and_metadata_give_the_same_rows_whichever_is_rarer(engine: Engin
     assert found(engine, project, search=rare, metadata={"team": "x"}) == [ids[3], ids[7]]
     assert found(engine, project, search="common", metadata={"team": "y"}) == ids[0::4]
     assert found(engine, project, search=f"{rare} common", metadata={"team": "x"}, descending=True) == [ids[7], ids[3]]
+
+
+# --- SQLite indexes after the commit (stillroom.store.search_tail) --------------------------------------
+
+
+def _deferred(engine: Engine, records: list[CompletionRecord]) -> dict[int, str]:
+    """Store as the writer does on SQLite: committed, the documents kept for a later index step."""
+    documents: dict[int, str] = {}
+    save_completions(engine, records, documents=documents)
+    return documents
+
+
+def _index_step(engine: Engine, documents: dict[int, str], limit: int = search_tail.INDEX_LIMIT) -> tuple[int, int]:
+    with raw_write_transaction(engine) as cursor:
+        return search_tail.index_pending(cursor, documents, limit)
+
+
+def _integrity_check(engine: Engine) -> None:
+    """FTS5's own check of the contentless index (raises on a row deleted with the wrong document)."""
+    with write_transaction(engine) as conn:
+        conn.execute(text("INSERT INTO completion_search (completion_search, rank) VALUES ('integrity-check', 1)"))
+
+
+@pytest.fixture(scope="module")
+def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """SQLite only: PostgreSQL indexes inside the group commit."""
+    eng = make_engine(f"sqlite:///{tmp_path_factory.mktemp('deferred') / 'search.db'}")
+    upgrade_database(eng)
+    yield eng
+    eng.dispose()
+
+
+def test_deferred_completions_are_found_once_an_index_step_ran(sqlite_engine: Engine, project: str) -> None:
+    word = "zq" + uuid.uuid4().hex[:10]
+    recs = [record(project, f"{word} {i}") for i in range(5)]
+    documents = _deferred(sqlite_engine, recs)
+    assert len(documents) == 5
+    assert found(sqlite_engine, project) == [r.id for r in recs]  # stored and listed at once...
+    assert found(sqlite_engine, project, search=word) == []  # ...searchable after a step
+    indexed, through = _index_step(sqlite_engine, documents, limit=3)
+    assert indexed == 3 and found(sqlite_engine, project, search=word) == [r.id for r in recs[:3]]
+    indexed, last = _index_step(sqlite_engine, documents)
+    assert indexed == 2 and last > through
+    assert found(sqlite_engine, project, search=word) == [r.id for r in recs]
+    assert _index_step(sqlite_engine, documents) == (0, last)  # nothing left: the watermark stays
+
+
+def test_deleted_before_indexed_is_never_indexed_nor_unindexed(sqlite_engine: Engine, project: str) -> None:
+    """A contentless FTS5 row deleted with a document it was not indexed under corrupts the index: the
+    delete paths must leave rows above the watermark alone, and the step must skip their numbers."""
+    word = "zq" + uuid.uuid4().hex[:10]
+    indexed_first = record(project, f"{word} early")
+    save_completions(sqlite_engine, [indexed_first])  # no `documents`: indexed in its own transaction
+    recs = [record(project, f"{word} {i}", colour="red" if i % 2 else "blue") for i in range(4)]
+    documents = _deferred(sqlite_engine, recs)
+    with write_transaction(sqlite_engine) as conn:
+        assert delete_completion(conn, project, recs[0].id)
+        assert delete_completion(conn, project, indexed_first.id)
+        assert purge.delete_completions_batch(conn, project, purge.CompletionFilter(metadata=(("colour", "red"),)), 10)
+    _integrity_check(sqlite_engine)
+    indexed, through = _index_step(sqlite_engine, documents)
+    assert indexed == 1  # recs[2]: the only one left
+    assert max(documents) == through  # past the deleted numbers
+    assert found(sqlite_engine, project, search=word) == [recs[2].id]
+    assert raw_matches(sqlite_engine, word) == 1
+    _integrity_check(sqlite_engine)
+
+
+def test_catch_up_rebuilds_documents_the_writer_did_not_keep(sqlite_engine: Engine, project: str) -> None:
+    """Another process's completions, or this one's from before a restart: rebuilt from the rows."""
+    word = "zq" + uuid.uuid4().hex[:10]
+    recs = [record(project, f"{word} question {i}", f"answer {word}x{i}") for i in range(3)]
+    documents = _deferred(sqlite_engine, recs)
+    with write_transaction(sqlite_engine) as conn:
+        search_tail.catch_up(conn)
+    assert found(sqlite_engine, project, search=f"{word}x1") == [recs[1].id]
+    assert found(sqlite_engine, project, search=f"{word} question") == [r.id for r in recs]
+    with raw_write_transaction(sqlite_engine) as cursor:
+        rebuilt = search_tail._rebuild(cursor, sorted(documents))
+    assert rebuilt == documents  # the same documents as the writer's
+
+
+def test_the_writer_indexes_when_idle_and_catches_up_on_demand(sqlite_engine: Engine, project: str) -> None:
+    word = "zq" + uuid.uuid4().hex[:10]
+    queue = CommitQueue(sqlite_engine)
+
+    async def main() -> None:
+        first = record(project, f"{word} idle")
+        await queue.commit(first, timeout=30)
+        for _ in range(500):  # indexed once the writer has been idle for INDEX_IDLE
+            if found(sqlite_engine, project, search=word):
+                break
+            await asyncio.sleep(0.01)
+        assert found(sqlite_engine, project, search=word) == [first.id]
+        burst = [record(project, f"{word} burst {i}") for i in range(20)]
+        await asyncio.gather(*(queue.commit(r, timeout=30) for r in burst))
+        await queue.catch_up_search()
+        assert found(sqlite_engine, project, search=f"{word} burst") == [r.id for r in burst]
+
+    try:
+        asyncio.run(main())
+    finally:
+        queue.close()
+    assert not queue._unindexed  # pruned, whoever indexed them
+
+
+def test_closing_the_writer_indexes_what_it_committed(sqlite_engine: Engine, project: str, monkeypatch: Any) -> None:
+    monkeypatch.setattr(writer, "INDEX_IDLE", 60.0)  # never idle long enough
+    monkeypatch.setattr(writer, "INDEX_EVERY", 60.0)
+    word = "zq" + uuid.uuid4().hex[:10]
+    queue = CommitQueue(sqlite_engine)
+    recs = [record(project, f"{word} {i}") for i in range(3)]
+
+    async def main() -> None:
+        for r in recs:
+            await queue.commit(r, timeout=30)
+
+    asyncio.run(main())
+    assert found(sqlite_engine, project, search=word) == []
+    queue.close()
+    assert found(sqlite_engine, project, search=word) == [r.id for r in recs]

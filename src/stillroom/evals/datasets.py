@@ -25,7 +25,8 @@ import orjson
 from stillroom.errors import BadRequestError
 from stillroom.store import completions as completion_store
 from stillroom.store.db import Engine
-from stillroom.stored import StoredFilter, is_selected, parse_stored_filter
+from stillroom.store.projects import direct_writes
+from stillroom.stored import StoredFilter, catch_up_search, is_selected, parse_stored_filter
 
 ReadFile = Callable[[str, str], bytes]  # (project id, file id) -> its bytes (raises NotFoundError)
 _PAGE = 200
@@ -83,6 +84,7 @@ def stored_completion_items(engine: Engine, project_id: str, source: dict[str, A
     filters also match."""
     limit = source.get("limit") or MAX_ITEMS
     chosen = parse_stored_filter(source, "data_source.source.")
+    catch_up_search(direct_writes(engine), chosen.search)  # the worker process writes directly
     if source.get("ids"):
         return _items_by_id(engine, project_id, source["ids"], chosen, limit)
     after_seq: int | None = None

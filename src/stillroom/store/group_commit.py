@@ -1,7 +1,8 @@
 """Saving stored completions: the group commit's batch, written in one transaction on the writer thread
 (stillroom.store.writer), numbered in commit order from the `sequences` row (whose row lock the batch
 holds until it commits, so the batches of several processes are numbered in the order they commit),
-admitted against each project's quota, indexed for search and stamped with the commit clock."""
+admitted against each project's quota, indexed for search (on SQLite usually by a later step:
+stillroom.store.search_tail) and stamped with the commit clock."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine
 
-from stillroom.store import search
+from stillroom.store import search, search_tail
 from stillroom.store.db import raw_write_transaction
 from stillroom.store.projects import Admission, admit_rows, settle_usage
 from stillroom.store.timeline import id_micros
@@ -86,13 +87,22 @@ _MULTI_ROW_MAX = 256  # rows per multi-row statement; 5 columns each, far below 
 _INT64 = range(-(2**63), 2**63)
 
 
-def save_completions(engine: Engine, records: Sequence[CompletionRecord], connection: Any = None) -> set[str]:
+def save_completions(
+    engine: Engine,
+    records: Sequence[CompletionRecord],
+    connection: Any = None,
+    *,
+    documents: dict[int, str] | None = None,
+) -> set[str]:
     """Write a batch of completions in one transaction (the group commit), numbered in batch order after
     everything committed before it. Returns the ids of those left out because they would take their
     project past its quota (store/projects.py admit_rows; the others' bytes are added to its usage).
-    `connection`: a DBAPI connection the caller holds (the writer's own), else one is checked out."""
+    `connection`: a DBAPI connection the caller holds (the writer's own), else one is checked out.
+    `documents` (SQLite): leave the search index to a later step (stillroom.store.search_tail) and add
+    each stored completion's document to this dict by seq; without it the batch is indexed at once."""
     content_rows, rows, meta_rows = serialise_completions(records)
-    documents = {r.id: search.document_text(r.messages, r.response) for r in records}
+    texts = {r.id: search.document_text(r.messages, r.response) for r in records}
+    sqlite = engine.dialect.name == "sqlite"
     p = _placeholder(engine)
     with raw_write_transaction(engine, connection) as cursor:
         cursor.execute(_SEQUENCE_SQL.format(p=p), (len(rows),))
@@ -120,7 +130,13 @@ def save_completions(engine: Engine, records: Sequence[CompletionRecord], connec
         cursor.executemany(_COMPLETIONS_SQL.format(p=p), rows)
         for chunk in _chunks(meta_rows):
             cursor.execute(_METADATA_SQL.format(rows=_values(p, 5, len(chunk))), [v for row in chunk for v in row])
-        search.index_rows(cursor.execute, engine.dialect.name, [(row[-1], documents[row[0]]) for row in rows])
+        indexed = {row[-1]: texts[row[0]] for row in rows}
+        if not sqlite:
+            search.index_rows(cursor.execute, engine.dialect.name, list(indexed.items()))
+        elif documents is None:
+            search_tail.index_pending(cursor, indexed)
+    if sqlite and documents is not None:
+        documents.update(indexed)
     return admission.refused
 
 

@@ -14,6 +14,12 @@ same iteration is committed together; the loop is woken once per batch with the 
 histories, and the commit itself all happen on the writer thread. SQLite's WAL is checkpointed every
 `CHECKPOINT_EVERY` batches on a thread of its own, never inside a commit.
 
+Search (SQLite). Batches leave the full-text index to the writer's own steps (stillroom.store.search_tail):
+it indexes what it committed once it has had nothing to do for `INDEX_IDLE`, or `INDEX_EVERY` after the
+oldest of them while it stays busy, `INDEX_STEP` completions a step at most, so that a step holds up the
+next batch only briefly; `close` indexes everything before it stops. A search that must see every
+completion committed before it awaits `catch_up_search` first.
+
 Failures. A data or integrity error (a duplicate id, a value the column refuses) belongs to one record, so
 that batch is retried record by record and only the culprit fails. Any other error (the database is
 locked, down, or its tables are gone) would fail every record alike: the batch fails once, every caller
@@ -23,7 +29,7 @@ write succeeds again; while failing and idle, the writer probes the database eve
 so that health recovers even when nothing is being stored.
 
 Callers: `await commit(record, timeout)` (returns once committed), `enqueue(record)` (no wait, for streams
-that broke off), `submit(record)` (a concurrent Future, for threads), `await write(fn)`.
+that broke off), `submit(record)` (a concurrent Future, for threads), `await write(fn)`, `await catch_up_search()`.
 """
 
 from __future__ import annotations
@@ -44,14 +50,18 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from stillroom.errors import QuotaExceededError
+from stillroom.store import search_tail
 from stillroom.store.completions import CompletionRecord, probe_writes, save_completions
-from stillroom.store.db import checkpoint_wal, write_transaction
+from stillroom.store.db import checkpoint_wal, raw_write_transaction, write_transaction
 
 log = logging.getLogger("stillroom.store")
 
 T = TypeVar("T")
 CHECKPOINT_EVERY = 1000  # batches between WAL checkpoints (about 40 MB of WAL at most)
 PROBE_EVERY = 1.0  # seconds between probes while writes are failing and none is queued
+INDEX_IDLE = 0.002  # seconds without work after which the writer indexes what it committed (SQLite)
+INDEX_EVERY = 0.05  # seconds after the oldest unindexed commit by which a busy writer indexes it
+INDEX_STEP = 128  # completions indexed per step at most
 
 
 @dataclass(slots=True)
@@ -91,6 +101,9 @@ class CommitQueue:
         # keeps the pool's checkout, whose ping replaces a connection the server dropped while idle.
         self._holds_connection = engine.dialect.name == "sqlite"
         self._connection: Any = None
+        # SQLite: seq -> search document of what this writer committed and has not indexed yet.
+        self._unindexed: dict[int, str] | None = {} if engine.dialect.name == "sqlite" else None
+        self._unindexed_since: float | None = None  # monotonic time of the oldest of them
         self._checkpoints = ThreadPoolExecutor(1, thread_name_prefix="stillroom-checkpoint")
         self._checkpoint: Future[None] | None = None
         self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()  # hand-overs; None: stop
@@ -130,6 +143,12 @@ class CommitQueue:
         future: asyncio.Future[T] = loop.create_future()
         self._hand_over(loop, _Write(fn, _LoopWaiter(loop, future)))
         return await future
+
+    async def catch_up_search(self) -> None:
+        """Return once every completion committed so far is in the search index: what a search must wait
+        for to see them (SQLite indexes after the commit; elsewhere this returns at once)."""
+        if self._unindexed is not None:
+            await self.write(search_tail.catch_up)
 
     def submit_write(self, fn: Callable[[Connection], T]) -> Future[T]:
         """`write` for callers on a thread."""
@@ -185,9 +204,12 @@ class CommitQueue:
     def _serve(self) -> None:
         while True:
             try:
-                got = self._queue.get(timeout=PROBE_EVERY if self._failing_since is not None else None)
+                got = self._queue.get(timeout=self._idle_timeout())
             except queue.Empty:
-                self._probe()
+                if self._unindexed:
+                    self._index()
+                elif self._failing_since is not None:
+                    self._probe()
                 continue
             items: list[_Item] = []
             while got is not None:
@@ -199,8 +221,18 @@ class CommitQueue:
                 except queue.Empty:
                     break
             self._drain(items)
+            since = self._unindexed_since
+            if since is not None and time.monotonic() - since >= INDEX_EVERY:
+                self._index()
             if got is None:
+                while self._unindexed and self._index():
+                    pass
                 return
+
+    def _idle_timeout(self) -> float | None:
+        if self._failing_since is not None:
+            return PROBE_EVERY
+        return INDEX_IDLE if self._unindexed else None
 
     def _drain(self, items: list[_Item]) -> None:
         """Write in arrival order: consecutive records in batches of at most `batch_size`, each function on
@@ -226,6 +258,8 @@ class CommitQueue:
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY and (self._checkpoint is None or self._checkpoint.done()):
             self._since_checkpoint = 0
+            if self._unindexed:  # first, or the step's pages would be written while the log is copied back
+                self._index()
             self._checkpoint = self._checkpoints.submit(self._run_checkpoint)
         _settle_all(outcomes)
 
@@ -234,7 +268,9 @@ class CommitQueue:
     ) -> None:
         self._busy_since = time.monotonic()
         try:
-            refused = save_completions(self._engine, [record for record, _ in batch], self._held_connection())
+            refused = save_completions(
+                self._engine, [record for record, _ in batch], self._held_connection(), documents=self._unindexed
+            )
         except Exception as exc:  # the edge of the writer: classify, count, report to each caller
             self._busy_since = None
             if not _is_data_error(exc):
@@ -252,6 +288,8 @@ class CommitQueue:
             return
         self._busy_since = None
         self._succeeded()
+        if self._unindexed and self._unindexed_since is None:
+            self._unindexed_since = time.monotonic()
         self.batches += 1
         self.committed += len(batch) - len(refused)
         for record, waiter in batch:
@@ -285,6 +323,27 @@ class CommitQueue:
         self._busy_since = None
         self._succeeded()
         _settle_all([(item.waiter, result, None)])
+
+    def _index(self) -> bool:
+        """One search-index step (SQLite): whether it indexed anything. A failure is logged and the step
+        retried later; the completions stay stored meanwhile, found by everything but a search."""
+        unindexed = self._unindexed
+        assert unindexed is not None
+        self._busy_since = time.monotonic()
+        try:
+            with raw_write_transaction(self._engine, self._held_connection()) as cursor:
+                indexed, through = search_tail.index_pending(cursor, unindexed, INDEX_STEP)
+        except Exception as exc:  # the edge of the writer: the step is retried
+            self._busy_since = None
+            self._release_connection()
+            self._failing(exc, "indexing stored completions for search failed")
+            return False
+        self._busy_since = None
+        self._succeeded()
+        for seq in [seq for seq in unindexed if seq <= through]:
+            del unindexed[seq]
+        self._unindexed_since = time.monotonic() if unindexed else None
+        return indexed > 0
 
     def _probe(self) -> None:
         try:
