@@ -5,6 +5,7 @@ or any `stillroom worker` sharing the database."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -75,7 +76,11 @@ def worker(
             engine,
             LocalFileStorage(settings.files_dir),
             models,
-            LocalTrainer(max_steps=settings.training_max_steps),
+            LocalTrainer(
+                max_steps=settings.training_max_steps,
+                processes=settings.training_processes,
+                launch_args=shlex.split(settings.training_launch_args),
+            ),
             work_dir=settings.files_dir / ".training",
             lease_seconds=settings.job_lease_seconds,
             stopping=stop,

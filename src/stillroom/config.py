@@ -162,6 +162,17 @@ class Settings(BaseSettings):
     training_max_steps: int | None = Field(
         None, gt=0, description="Most optimizer steps any fine-tuning job may run (default: no cap)"
     )
+    training_processes: int = Field(
+        1,
+        gt=0,
+        description="Processes each local fine-tuning job trains on, data-parallel (one per GPU); above 1 the worker "
+        "starts them with `accelerate launch`, 1 trains in the worker's own process",
+    )
+    training_launch_args: str = Field(
+        "",
+        description="More arguments for `accelerate launch` when training_processes is above 1, e.g. "
+        "`--gpu_ids 0,1` or `--config_file accel.yaml`",
+    )
     upstream_poll_seconds: float = Field(
         2.0,
         gt=0,

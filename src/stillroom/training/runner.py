@@ -12,7 +12,7 @@ from typing import Any
 from stillroom.errors import BadRequestError
 from stillroom.training.worker import JobCancelled, JobFailed, RunContext, RunResult
 
-TRAINING_MODULES = ("torch", "transformers", "peft", "gguf")
+TRAINING_MODULES = ("torch", "transformers", "peft", "accelerate", "gguf")
 
 
 def check_training_extra(modules: Sequence[str] = TRAINING_MODULES) -> None:
@@ -37,10 +37,14 @@ def check_model_folder(folder: Path) -> None:
 
 
 class LocalTrainer:
-    """Runs `stillroom.training.trainer.train` in this (the worker's) process. `max_steps` caps every run."""
+    """Runs `stillroom.training.trainer.train` in this (the worker's) process, or with `processes` > 1 on that many
+    processes started by `accelerate launch` (`training/launch.py`; `launch_args` go to it too). `max_steps`
+    caps every run."""
 
-    def __init__(self, *, max_steps: int | None = None) -> None:
+    def __init__(self, *, max_steps: int | None = None, processes: int = 1, launch_args: Sequence[str] = ()) -> None:
         self.max_steps = max_steps
+        self.processes = processes
+        self.launch_args = tuple(launch_args)
 
     def _config(self, context: RunContext) -> Any:
         from stillroom.training.trainer import TrainConfig
@@ -77,8 +81,20 @@ class LocalTrainer:
         from stillroom.training.trainer import TrainingCancelled, train
 
         check_training_extra()
+        config = self._config(context)
         try:
-            result = train(self._config(context), on_event=context.on_event, should_stop=context.should_stop)
+            if self.processes > 1:
+                from stillroom.training.launch import train_launched
+
+                result = train_launched(
+                    config,
+                    processes=self.processes,
+                    launch_args=self.launch_args,
+                    on_event=context.on_event,
+                    should_stop=context.should_stop,
+                )
+            else:
+                result = train(config, on_event=context.on_event, should_stop=context.should_stop)
         except TrainingCancelled as exc:
             raise JobCancelled(str(exc)) from exc
         return RunResult(

@@ -27,11 +27,15 @@ base, `adapter.gguf` (llama.cpp's LoRA format).
 
 Training is fp32 (no bf16 assumption), on CUDA where present and otherwise on all of the machine's
 cores, without gradient checkpointing. The loop runs through Hugging Face accelerate, so the same code
-spreads over several GPUs when started by `accelerate launch`.
+spreads over several GPUs (or CPU processes) when started by `accelerate launch` (`training/launch.py`):
+each process takes every n-th example of each batch, gradients are summed across processes once per
+optimizer step (DDP, synchronised on the step's last micro-batch only), and only the main process reports
+events and writes files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -209,9 +213,12 @@ class _Run:
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        if not torch.cuda.is_available():
-            torch.set_num_threads(len(os.sched_getaffinity(0)))
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        if not torch.cuda.is_available():  # the cores, shared by the processes `accelerate launch` started here
+            local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_processes))
+        # Each process takes a share of every batch (the batch size is the job's, whatever the process count), so the
+        # schedule steps once per optimizer step, not once per process as accelerate's default assumes.
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
         self.emit(_message(f"Loading the base model {cfg.base_model.name}"))
         model, self.tokenizer = load_base(cfg.base_model)
         self.pad_id = int(self.tokenizer.pad_token_id)
@@ -275,12 +282,18 @@ class _Run:
         label_count = sum(max(0, sum(1 for x in e.labels[1:] if x != IGNORE_INDEX)) for e in batch)
         global_labels = int(acc.reduce(torch.tensor(label_count, device=acc.device), reduction="sum"))
         loss_sum, correct, tokens = 0.0, 0, 0
-        for micro in _micro_batches(batch):
+        # A share smaller than the process count leaves a process nothing: it still joins the gradient sum
+        # with one empty (no labelled token, zero loss) pass, as every process must.
+        micros = _micro_batches(batch) or [[TokenizedExample([self.pad_id] * 2, [IGNORE_INDEX] * 2)]]
+        for n, micro in enumerate(micros):
             self._check_stop()
             ids, labels, mask = _tensors(micro, self.pad_id, acc.device)
-            loss, _, right = _token_loss(self.model, ids, labels, mask)
-            acc.backward(loss * acc.num_processes / max(global_labels, 1))
-            loss_sum, correct, tokens = loss_sum + float(loss.detach()), correct + right, tokens + int(mask.sum())
+            syncing = n == len(micros) - 1  # processes may differ in micro-batches: sum gradients once, at the end
+            with contextlib.nullcontext() if syncing else acc.no_sync(self.model):
+                loss, _, right = _token_loss(self.model, ids, labels, mask)
+                acc.backward(loss * acc.num_processes / max(global_labels, 1))
+            real = int(mask.sum()) if batch else 0
+            loss_sum, correct, tokens = loss_sum + float(loss.detach()), correct + right, tokens + real
         self.optimizer.step()
         self.step_lr = float(self.scheduler.get_last_lr()[0])
         self.scheduler.step()
@@ -328,12 +341,13 @@ class _Run:
             "train_loss": self.last_loss,
             "train_mean_token_accuracy": self.last_accuracy,
         }
-        if self.valid_set:
+        if self.valid_set and self.accelerator.is_main_process:  # the others wait for it in save_adapter
             device = self.accelerator.device
-            loss, accuracy = _evaluate(self.model, self.valid_set[:VALID_EXAMPLES], self.pad_id, device)
+            model = self.accelerator.unwrap_model(self.model)
+            loss, accuracy = _evaluate(model, self.valid_set[:VALID_EXAMPLES], self.pad_id, device)
             metrics |= {"valid_loss": loss, "valid_mean_token_accuracy": accuracy}
             if final:
-                loss, accuracy = _evaluate(self.model, self.valid_set, self.pad_id, device)
+                loss, accuracy = _evaluate(model, self.valid_set, self.pad_id, device)
                 metrics |= {"full_valid_loss": loss, "full_valid_mean_token_accuracy": accuracy}
         self.last_metrics = metrics
         path = self.cfg.output_dir / "checkpoints" / f"step-{self.step}"
