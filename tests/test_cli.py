@@ -160,6 +160,7 @@ def test_the_start_up_log_names_models_and_database_without_its_password(started
     assert "remote (openai at http://127.0.0.1:9/v1) on http://127.0.0.1:" in line
     assert url.replace("hunter2-not-for-logs", "***") in line
     assert "hunter2" not in log
+    assert "alembic" not in log  # its INFO lines (plugins, each migration) are silenced on the CLI
 
 
 def test_an_unknown_setting_variable_is_warned_about(started: tuple[str, str]) -> None:

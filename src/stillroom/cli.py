@@ -62,6 +62,8 @@ def _configure_logging(level: str) -> None:
     handler.addFilter(RedactSecrets())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    if logging.getLogger().level > logging.DEBUG:  # alembic's INFO lines (plugins, "Running upgrade") say nothing
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -119,6 +119,13 @@ def upload(engine: Engine, storage: LocalFileStorage, project: str, n: int) -> s
     return pending.finish(direct_writes(engine), project).id
 
 
+def new_job(engine: Engine, storage: LocalFileStorage, n: int = 10, **body: Any) -> tuple[str, dict[str, Any]]:
+    """A job (on `BASE`, a file of `n` examples, and `body`'s other fields) in a new project: (project, job)."""
+    project = uuid.uuid4().hex[:12]
+    body = {"model": BASE, "training_file": upload(engine, storage, project, n), **body}
+    return project, jobs.create_job(engine, direct_writes(engine), project, body, MODELS)
+
+
 def worker(engine: Engine, storage: LocalFileStorage, runner: FakeTrainer, tmp_path: Path, **kw: Any) -> Worker:
     return Worker(engine, storage, MODELS, runner, work_dir=tmp_path / "work", **kw)
 
@@ -131,14 +138,7 @@ def _events(engine: Engine, project: str, job_id: str) -> list[str]:
 def test_a_job_is_validated_queued_run_and_registers_its_model(
     engine: Engine, storage: LocalFileStorage, tmp_path: Path
 ) -> None:
-    project = uuid.uuid4().hex[:12]
-    created = jobs.create_job(
-        engine,
-        direct_writes(engine),
-        project,
-        {"model": BASE, "training_file": upload(engine, storage, project, 12), "suffix": "pirate", "seed": 5},
-        MODELS,
-    )
+    project, created = new_job(engine, storage, 12, suffix="pirate", seed=5)
     assert created["status"] == "validating_files"
     assert created["hyperparameters"] == {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
     runner = FakeTrainer()
@@ -171,14 +171,7 @@ def test_a_job_is_validated_queued_run_and_registers_its_model(
 def test_too_few_examples_fail_the_job_with_openais_code(
     engine: Engine, storage: LocalFileStorage, tmp_path: Path
 ) -> None:
-    project = uuid.uuid4().hex[:12]
-    created = jobs.create_job(
-        engine,
-        direct_writes(engine),
-        project,
-        {"model": BASE, "training_file": upload(engine, storage, project, 3)},
-        MODELS,
-    )
+    project, created = new_job(engine, storage, 3)
     runner = FakeTrainer()
     assert worker(engine, storage, runner, tmp_path).run_once()
     failed = jobs.retrieve_job(engine, project, created["id"])
@@ -191,14 +184,7 @@ def test_too_few_examples_fail_the_job_with_openais_code(
 
 
 def test_cancel_stops_a_running_job_within_seconds(engine: Engine, storage: LocalFileStorage, tmp_path: Path) -> None:
-    project = uuid.uuid4().hex[:12]
-    created = jobs.create_job(
-        engine,
-        direct_writes(engine),
-        project,
-        {"model": BASE, "training_file": upload(engine, storage, project, 10)},
-        MODELS,
-    )
+    project, created = new_job(engine, storage)
     runner = FakeTrainer(steps=10_000, step_seconds=0.01)
     w = worker(engine, storage, runner, tmp_path, lease_seconds=1.5)
     assert w.run_once()  # validation
@@ -217,14 +203,7 @@ def test_cancel_stops_a_running_job_within_seconds(engine: Engine, storage: Loca
 def test_a_lost_workers_job_is_taken_over_then_failed_after_the_last_attempt(
     engine: Engine, storage: LocalFileStorage, tmp_path: Path
 ) -> None:
-    project = uuid.uuid4().hex[:12]
-    created = jobs.create_job(
-        engine,
-        direct_writes(engine),
-        project,
-        {"model": BASE, "training_file": upload(engine, storage, project, 10)},
-        MODELS,
-    )
+    project, created = new_job(engine, storage)
     survivor = worker(engine, storage, FakeTrainer(), tmp_path, lease_seconds=0.3, max_attempts=2)
     assert survivor.run_once()  # validated and queued
     for attempt in (1, 2):  # a worker claims the job, starts it, and dies without another heartbeat
@@ -243,14 +222,7 @@ def test_a_lost_workers_job_is_taken_over_then_failed_after_the_last_attempt(
 
 
 def test_a_lost_workers_job_runs_again_elsewhere(engine: Engine, storage: LocalFileStorage, tmp_path: Path) -> None:
-    project = uuid.uuid4().hex[:12]
-    created = jobs.create_job(
-        engine,
-        direct_writes(engine),
-        project,
-        {"model": BASE, "training_file": upload(engine, storage, project, 10)},
-        MODELS,
-    )
+    project, created = new_job(engine, storage)
     runner = FakeTrainer()
     survivor = worker(engine, storage, runner, tmp_path, lease_seconds=0.3)
     assert survivor.run_once()
