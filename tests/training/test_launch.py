@@ -21,12 +21,14 @@ from stillroom.files import Upload
 from stillroom.store.blobs import LocalFileStorage
 from stillroom.store.projects import direct_writes
 from stillroom.training import jobs
+from stillroom.training.examples import tokenize_file
+from stillroom.training.launch import train_launched
 from stillroom.training.runner import LocalTrainer
-from stillroom.training.trainer import TrainConfig, train
+from stillroom.training.trainer import MICRO_BATCH_TOKENS, TrainConfig, load_base, train
 from stillroom.training.worker import Worker
 from tests.jobs_db import migrated
 from tests.live import start_worker, stop_process
-from tests.training.conftest import planted_examples
+from tests.training.conftest import planted_examples, write_jsonl
 from tests.training.test_end_to_end import TINY, tiny_config, wait_for
 
 pytest.importorskip("torch", reason="the trainer needs the `train` extra (torch, transformers, peft, gguf)")
@@ -114,6 +116,30 @@ def test_a_two_process_job_trains_like_one_process(engine: Engine, tiny_gguf: Pa
     single = [e["data"]["train_loss"] for e in one if e["type"] == "metrics"]
     assert [m["train_loss"] for m in metrics] == pytest.approx(single, rel=1e-3)
     print(f"\n6 steps: 2 processes {launched_s:.1f} s (with their start), 1 process {in_process_s:.1f} s")
+
+
+def test_uneven_micro_batches_and_an_empty_share_train_like_one_process(tiny_gguf: Path, tmp_path: Path) -> None:
+    """Long examples: of a batch of 11, one process takes 6 (two micro-batches), the other 5 (one), and the
+    last example of the epoch leaves the second process nothing; the gradients still sum right."""
+    examples = planted_examples(12)
+    for example in examples:
+        example["messages"][0]["content"] += " It is long." * 170
+    training = write_jsonl(tmp_path / "long.jsonl", examples)
+    _, tokenizer = load_base(tiny_gguf)
+    lengths = [len(e.input_ids) for e in tokenize_file(tokenizer, training, 1024)]
+    assert max(lengths) * 5 <= MICRO_BATCH_TOKENS < min(lengths) * 6  # any 5 fit one micro-batch, no 6 do
+
+    def config(out: str) -> TrainConfig:
+        return TrainConfig(tiny_gguf, training, None, tmp_path / out, 2, 11, 20.0, seed=3)
+
+    two: list[dict[str, Any]] = []
+    launched = train_launched(config("two"), processes=2, on_event=two.append, should_stop=lambda: False)
+    one: list[dict[str, Any]] = []
+    single = train(config("one"), on_event=one.append, should_stop=lambda: False)
+    losses = [[e["data"]["train_loss"] for e in events if e["type"] == "metrics"] for events in (two, one)]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-3)
+    assert launched.trained_tokens == single.trained_tokens
+    assert [c.name for c in launched.checkpoints] == ["step-2", "step-4"]
 
 
 def test_cancel_ends_a_two_process_run_of_a_worker_process(

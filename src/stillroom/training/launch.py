@@ -15,9 +15,9 @@ Only the main process writes the run's files, and its events as JSON lines (`lau
 this side forwards to `on_event` as they come, then `launch/result.json`. A cancel ends the launcher's process
 group with SIGTERM (torch.distributed's launcher then ends the training processes, which it starts in process
 groups of their own, and each writes its pid to `launch/rank-N.pid`), then SIGKILLs whatever of them is left
-after `STOP_GRACE_SECONDS`. A training process also stops by itself at its next micro-batch once its launcher or
-the worker is gone (a worker killed with SIGKILL). The launcher's output goes to `launch/launch.log`, whose
-tail a failure quotes.
+after `STOP_GRACE_SECONDS`. A training process also ends itself within a second once its launcher or the worker
+is gone (a worker killed with SIGKILL), even while it waits on the others in a collective. The launcher's output
+goes to `launch/launch.log`, whose tail a failure quotes.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -187,10 +188,7 @@ def _main(spec_path: Path) -> int:
     is_main = int(os.environ.get("RANK", "0")) == 0
     (folder / f"rank-{os.environ.get('RANK', '0')}.pid").write_text(str(os.getpid()))
     watched, launcher = int(spec["watch_pid"]), os.getppid()
-
-    def should_stop() -> bool:
-        return os.getppid() != launcher or not _alive(watched)
-
+    threading.Thread(target=_watch, args=(watched, launcher), name="launch-watch", daemon=True).start()
     with (folder / "events.jsonl").open("w") if is_main else open(os.devnull, "w") as events:
 
         def write(event: Event) -> None:
@@ -198,7 +196,7 @@ def _main(spec_path: Path) -> int:
             events.flush()
 
         try:
-            result = train(TrainConfig(**config), on_event=write, should_stop=should_stop)
+            result = train(TrainConfig(**config), on_event=write, should_stop=lambda: False)
         except TrainingCancelled:
             return 3
         except StillroomError as exc:
@@ -212,6 +210,13 @@ def _main(spec_path: Path) -> int:
         (folder / "result.json.tmp").rename(folder / "result.json")
     _end_process_group()
     return 0
+
+
+def _watch(watched: int, launcher: int) -> None:
+    """Ends this process once the worker or the launcher is gone: nobody would read what it writes."""
+    while os.getppid() == launcher and _alive(watched):
+        time.sleep(1.0)
+    os._exit(4)
 
 
 def _alive(pid: int) -> bool:
