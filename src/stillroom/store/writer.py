@@ -62,6 +62,7 @@ PROBE_EVERY = 1.0  # seconds between probes while writes are failing and none is
 INDEX_IDLE = 0.002  # seconds without work after which the writer indexes what it committed (SQLite)
 INDEX_EVERY = 0.05  # seconds after the oldest unindexed commit by which a busy writer indexes it
 INDEX_STEP = 128  # completions indexed per step at most
+KEEP_DOCUMENTS = 10_000  # documents kept for steps that keep failing, at most
 
 
 @dataclass(slots=True)
@@ -337,6 +338,8 @@ class CommitQueue:
             self._busy_since = None
             self._release_connection()
             self._failing(exc, "indexing stored completions for search failed")
+            if len(unindexed) > KEEP_DOCUMENTS:  # a later step rebuilds them from the rows
+                unindexed.clear()
             return False
         self._busy_since = None
         self._succeeded()
