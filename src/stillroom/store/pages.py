@@ -33,6 +33,7 @@ from stillroom.store.tables import (
     completion_tombstones,
     completions,
     message_contents,
+    other_model,
 )
 from stillroom.store.timeline import seq_range
 from stillroom.wire.ids import completion_id_floor
@@ -313,8 +314,10 @@ def _either_model(
     narrowing: Narrowing | None = None,
 ) -> Select[Any]:
     """A page of the completions whose configured or own model is `model`: one walk of each name's
-    (project, name, seq) index, each cut at `limit`, merged in list order (the second leaves out what the
-    first finds, so nothing comes twice)."""
+    (project, name, seq) index, each cut at `limit`, merged in list order. The second walks the own name
+    only where it differs from the configured one (`other_model`, migration 0009), which leaves out what the
+    first finds (so nothing comes twice), and for a model that reports its own name finds nothing at once
+    instead of reading every row of that model."""
     c = completions.c
 
     def walk(*where: Any) -> Select[Any]:
@@ -326,7 +329,7 @@ def _either_model(
         page = stmt.order_by(c.seq.desc() if descending else c.seq.asc()).limit(limit).subquery()
         return select(*page.c)
 
-    both = union_all(walk(c.model == model), walk(c.response_model == model, c.model != model)).subquery()
+    both = union_all(walk(c.model == model), walk(other_model == model)).subquery()
     return select(*both.c).order_by(both.c.seq.desc() if descending else both.c.seq.asc()).limit(limit)
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     text,
 )
 
@@ -49,9 +50,14 @@ completions = Table(
     Index("ux_completions_seq", "seq", unique=True),
     Index("ix_completions_project_seq", "project_id", "seq"),
     Index("ix_completions_project_model_seq", "project_id", "model", "seq"),
-    Index("ix_completions_project_response_model_seq", "project_id", "response_model", "seq"),
     Index("ix_completions_project_clock", "project_id", "clock", "seq"),
 )
+
+# `list(model=...)`'s second walk (stillroom.store.pages): the stored object's own model where it differs from
+# the configured one, NULL where the two agree. An index on the expression, so that PostgreSQL keeps statistics
+# of it and knows that for a model reporting its own name (o4-mini as o4-mini) the walk finds nothing.
+other_model = func.nullif(completions.c.response_model, completions.c.model)
+Index("ix_completions_project_other_model_seq", completions.c.project_id, other_model, completions.c.seq)
 
 completion_metadata = Table(
     "completion_metadata",
