@@ -128,14 +128,14 @@ def load_base(path: Path) -> tuple[Any, Any]:
         where, extra = path, {}
     else:
         raise BadRequestError(f"The base model {path} is neither a .gguf file nor a model folder.", param="model")
-    tokenizer = AutoTokenizer.from_pretrained(where, **extra)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if path.is_dir():
         from stillroom.training.hf_gguf import check_hf_base
 
         check_hf_base(path)  # before loading or training: its student must be convertible to GGUF
+    tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
     model.config.use_cache = False
     return model, tokenizer
 
