@@ -219,10 +219,16 @@ def read_bodies(conn: Connection, project_id: str, digests: set[str]) -> dict[st
 # --- schema (the migration and the benchmark) -------------------------------------------------------
 
 
-def create_search_index(conn: Connection) -> None:
-    """Create the index table for this backend (empty)."""
-    for ddl in (SQLITE_DDL,) if conn.dialect.name == "sqlite" else POSTGRES_DDL:
+def create_search_index(conn: Connection, *, fill: bool = False) -> int:
+    """Create the index table for this backend, empty or, with `fill`, holding every stored completion (on
+    PostgreSQL the GIN index is then built once over the filled table rather than kept up row by row); how
+    many completions were indexed."""
+    table, *indexes = (SQLITE_DDL,) if conn.dialect.name == "sqlite" else POSTGRES_DDL
+    conn.exec_driver_sql(table)
+    count = fill_search_index(conn) if fill else 0
+    for ddl in indexes:
         conn.exec_driver_sql(ddl)
+    return count
 
 
 def iter_documents(conn: Connection, batch: int = 2000) -> Iterator[list[tuple[int, str]]]:

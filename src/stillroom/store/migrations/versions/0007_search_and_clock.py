@@ -12,7 +12,7 @@ Revises: 0006
 import sqlalchemy as sa
 from alembic import op
 
-from stillroom.store.search import create_search_index, fill_search_index
+from stillroom.store.search import create_search_index
 from stillroom.store.timeline import id_micros
 
 revision = "0007"
@@ -34,8 +34,7 @@ def upgrade() -> None:
         {"clock": clock, "lag": lag},
     )
     op.create_index("ix_completions_project_clock", "completions", ["project_id", "clock", "seq"])
-    create_search_index(conn)
-    fill_search_index(conn)
+    create_search_index(conn, fill=True)
 
 
 def _fill_clock(conn: sa.Connection) -> tuple[int, int]:
