@@ -3,12 +3,14 @@ of a full-text search, through HTTP to a live `stillroom serve`, on SQLite and P
 cold console load (Debian's chromium via Playwright, as the browser tests drive it).
 
     .venv/bin/python -m bench.console_scale --backend sqlite --rows 1000000
-    .venv/bin/python -m bench.console_scale --backend postgres --rows 200000
+    .venv/bin/python -m bench.console_scale --backend postgres --rows 1000000 --bulk
     .venv/bin/python -m bench.console_scale --cleanup            # drop both benchmark databases
 
 The store is bench/_common.py's Generator (the store_scale data: Zipf-distributed words, 24 system prompts,
 conversations of 1-6 turns, four metadata keys, three models), written with the real `save_completions`
-(so the search index and the commit clock are kept as in production), with ids spread evenly over the last
+(so the search index and the commit clock are kept as in production), or on PostgreSQL with `--bulk` by
+bench/bulk_load.py (the same rows by COPY, indexes and keys made after; a 1,000-row sample is first written
+both ways and every table and API answer compared, `check_bulk_load`), with ids spread evenly over the last
 90 days and 2% of them minted up to 10 minutes before their neighbours (streams committed late). Databases:
 $STILLROOM_BENCH_DIR/console_scale.db and PostgreSQL `stillroom_console`; results in
 bench/results/console_scale.json.
@@ -22,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,8 @@ from bench._common import (
     summary_ms,
     write_json,
 )
-from stillroom.store.completions import save_completions
+from bench.bulk_load import bulk_load
+from stillroom.store.completions import CompletionRecord, save_completions
 from stillroom.store.db import checkpoint_wal, make_engine
 from stillroom.store.migrate import upgrade_database
 from stillroom.store.search import search_terms
@@ -61,13 +64,14 @@ def _id_at(micros: int, rng: random.Random) -> str:
     return "chatcmpl-" + _base62(micros, 9) + _base62(rng.getrandbits(119) % 62**20, 20)
 
 
-def generate(engine: Engine, rows: int, batch: int, seed: int) -> dict[str, Any]:
+def batches(rows: int, batch: int, seed: int) -> Iterator[list[CompletionRecord]]:
+    """The benchmark's completions, `batch` at a time: ids spread evenly over the last SPAN_DAYS days, 2% of
+    them minted up to 10 minutes before their neighbours."""
     gen = Generator(seed=seed)
     rng = random.Random(seed)
     end = int(time.time() * 1_000_000)
     start = end - SPAN_DAYS * DAY * 1_000_000
     step = (end - start) // rows
-    t0 = time.perf_counter()
     done = 0
     while done < rows:
         records = gen.records(min(batch, rows - done))
@@ -78,14 +82,26 @@ def generate(engine: Engine, rows: int, batch: int, seed: int) -> dict[str, Any]
             record.id = _id_at(micros, rng)
             record.response["id"] = record.id
             record.response["created"] = micros // 1_000_000
-        save_completions(engine, records)
+        yield records
         done += len(records)
-        if engine.dialect.name == "sqlite" and done % (20 * batch) == 0:
-            checkpoint_wal(engine)  # what the writer does every CHECKPOINT_EVERY batches: a bounded WAL
-        if done % 100_000 < batch:
-            print(f"  {done:>9,} rows  {done / (time.perf_counter() - t0):>7,.0f} rows/s", flush=True)
+
+
+def generate(engine: Engine, rows: int, batch: int, seed: int, bulk: bool = False) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    if bulk:
+        bulk_load(engine, batches(rows, batch, seed))
+    else:
+        done = 0
+        for records in batches(rows, batch, seed):
+            save_completions(engine, records)
+            done += len(records)
+            if engine.dialect.name == "sqlite" and done % (20 * batch) == 0:
+                checkpoint_wal(engine)  # what the writer does every CHECKPOINT_EVERY batches: a bounded WAL
+            if done % 100_000 < batch:
+                print(f"  {done:>9,} rows  {done / (time.perf_counter() - t0):>7,.0f} rows/s", flush=True)
     wall = time.perf_counter() - t0
-    return {"rows": rows, "batch": batch, "wall_s": round(wall, 1), "rows_per_s": round(rows / wall)}
+    how = "bulk_load (COPY; indexes and keys made after)" if bulk else "save_completions"
+    return {"rows": rows, "batch": batch, "wall_s": round(wall, 1), "rows_per_s": round(rows / wall), "how": how}
 
 
 def vocabulary(engine: Engine, sample: int = 3000) -> dict[str, str]:
@@ -117,6 +133,9 @@ def cases(now: int, words: dict[str, str], rng: random.Random) -> dict[str, tupl
     return {
         "no filter": ("filter", lambda: {}),
         "model": ("filter", lambda: {"model": rng.choice(["gpt-4.1", "o4-mini"])}),
+        "model gpt-4.1": ("filter", lambda: {"model": "gpt-4.1"}),
+        "model o4-mini (its own name too)": ("filter", lambda: {"model": "o4-mini"}),
+        "model gpt-4.1-2025-04-14 (own name)": ("filter", lambda: {"model": "gpt-4.1-2025-04-14"}),
         "metadata tag (1 in 10)": ("filter", lambda: {"metadata[tag]": tag()}),
         "metadata user (1 in 1000)": ("filter", lambda: {"metadata[user]": user()}),
         "metadata tag + user": ("filter", lambda: {"metadata[tag]": tag(), "metadata[user]": user()}),
@@ -136,14 +155,16 @@ def cases(now: int, words: dict[str, str], rng: random.Random) -> dict[str, tupl
     }
 
 
+SERVER_CONFIG = '[[models]]\nname = "fake"\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+
+
 def measure_http(url: str, backend: str, reps: int, rng: random.Random, words: dict[str, str]) -> dict[str, Any]:
     from tests.live import start_server
 
-    config = '[[models]]\nname = "fake"\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
     now = int(time.time())
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(Path(tmp), url, config=config, name=f"console-scale-{backend}")
+        server = start_server(Path(tmp), url, config=SERVER_CONFIG, name=f"console-scale-{backend}")
         try:
             with httpx.Client(base_url=server.url + "/v1", timeout=60) as client:
                 for name, (group, make) in cases(now, words, rng).items():
@@ -165,6 +186,80 @@ def measure_http(url: str, backend: str, reps: int, rng: random.Random, words: d
                 out["cold load"] = cold_load(server.url)
         finally:
             server.stop()
+    return out
+
+
+CHECK_TABLES = {
+    "completions": "SELECT * FROM completions ORDER BY seq",
+    "completion_metadata": "SELECT * FROM completion_metadata ORDER BY completion_id, key",
+    "message_contents": "SELECT * FROM message_contents ORDER BY project_id, digest",
+    "completion_search": "SELECT seq, document::text FROM completion_search ORDER BY seq",
+    "completion_tombstones": "SELECT * FROM completion_tombstones ORDER BY id",
+    "sequences": "SELECT * FROM sequences ORDER BY name",
+    "projects": "SELECT id, quota_bytes, used_bytes, not_stored, storage_enabled FROM projects ORDER BY id",
+}
+
+
+def check_bulk_load(rows: int = 1000, seed: int = 99) -> dict[str, Any]:
+    """Write one sample with `save_completions` (batches of 100) and with `bulk_load` (batches of 300) into two
+    fresh PostgreSQL databases; every table must hold the same rows, and the HTTP list API must answer each
+    benchmark case (and its second page) with the same bytes."""
+    from tests.live import start_server
+
+    (records,) = batches(rows, rows, seed)
+    names = {how: f"{DB_NAME['postgres']}_check_{how}" for how in ("store", "bulk")}
+    urls = {how: create_database("postgres", name, fresh=True) for how, name in names.items()}
+    engines = {how: make_engine(url) for how, url in urls.items()}
+    try:
+        for engine in engines.values():
+            upgrade_database(engine)
+        for start in range(0, rows, 100):
+            save_completions(engines["store"], records[start : start + 100])
+        bulk_load(engines["bulk"], (records[s : s + 300] for s in range(0, rows, 300)))
+        tables = {}
+        for name, sql in CHECK_TABLES.items():
+            dumps = {}
+            for how, engine in engines.items():
+                with engine.connect() as conn:
+                    dumps[how] = [tuple(r) for r in conn.execute(text(sql))]
+            assert dumps["store"] == dumps["bulk"], f"bulk load differs in {name}"
+            tables[name] = len(dumps["store"])
+        words = vocabulary(engines["store"], sample=rows)
+        now = int(time.time())
+        for engine in engines.values():
+            engine.dispose()
+        answers: dict[str, list[bytes]] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for how, url in urls.items():
+                server = start_server(Path(tmp), url, config=SERVER_CONFIG, name=f"check-{how}")
+                try:
+                    answers[how] = _answers(server.url + "/v1", now, words)
+                finally:
+                    server.stop()
+        assert answers["store"] == answers["bulk"], "the API answers a bulk-loaded store differently"
+    finally:
+        for engine in engines.values():
+            engine.dispose()
+        for name in names.values():
+            drop_database("postgres", name)
+    print(f"  bulk load check: {rows} rows, tables {tables}, {len(answers['store'])} API answers identical")
+    return {"rows": rows, "table_rows": tables, "api_answers": len(answers["store"]), "identical": True}
+
+
+def _answers(base_url: str, now: int, words: dict[str, str]) -> list[bytes]:
+    """Every benchmark case (three draws each, fixed seed) and its next page, as the API's response bytes."""
+    out = []
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        rng = random.Random(7)
+        for _name, (_group, make) in cases(now, words, rng).items():
+            for _ in range(3):
+                params = {"limit": "20", "order": "desc", **make()}
+                first = client.get("/chat/completions", params=params)
+                assert first.status_code == 200, first.text
+                out.append(first.content)
+                last = first.json()["last_id"]
+                if last:
+                    out.append(client.get("/chat/completions", params={**params, "after": last}).content)
     return out
 
 
@@ -223,10 +318,17 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         have = int(conn.execute(text("SELECT count(*) FROM completions")).scalar() or 0)
     result: dict[str, Any] = {"rows": max(have, args.rows)}
     if have < args.rows:
+        bulk = args.bulk and backend == "postgres"
+        if bulk:
+            result["bulk_check"] = check_bulk_load()
         print(f"[{backend}] writing {args.rows - have:,} completions", flush=True)
-        result["generation"] = generate(engine, args.rows - have, args.batch, seed=11 if backend == "sqlite" else 12)
+        seed = 11 if backend == "sqlite" else 12
+        result["generation"] = generate(engine, args.rows - have, args.batch, seed, bulk=bulk)
     else:
-        result["generation"] = _previous(backend).get("generation", {"note": "generated by an earlier run"})
+        previous = _previous(backend)
+        result["generation"] = previous.get("generation", {"note": "generated by an earlier run"})
+        if "bulk_check" in previous:
+            result["bulk_check"] = previous["bulk_check"]
     if not args.measure:
         return result
     if backend == "postgres":
@@ -309,6 +411,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=40, help="calls per case (after 3 warm-up calls)")
     parser.add_argument("--fresh", action="store_true", help="drop and regenerate the database")
     parser.add_argument("--cleanup", action="store_true", help="drop both benchmark databases and exit")
+    parser.add_argument(
+        "--bulk", action="store_true", help="PostgreSQL: write by bench/bulk_load.py (COPY), checked against the store"
+    )
     parser.add_argument("--no-measure", dest="measure", action="store_false", help="only write the rows")
     parser.add_argument("--write-cost", action="store_true", help="only measure what the index adds to a write")
     args = parser.parse_args(argv)
