@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import Connection, Engine, event, func, select
 from sqlalchemy.exc import IntegrityError
 
+from stillroom.store import purge
 from stillroom.store.completions import (
     CompletionRecord,
     CursorNotFoundError,
@@ -363,6 +364,13 @@ def test_model_filter_matches_the_configured_name_or_the_stored_objects_own(engi
                 break
             after = page[-1].id
         assert walked == (every[::-1] if descending else every)
+    # Delete by filter (and its dry run) matches the same two names as the list.
+    assert purge.count_completions(engine, project, purge.CompletionFilter(model="smol-135m")) == 3
+    assert purge.count_completions(engine, project, purge.CompletionFilter(model="relay")) == 2
+    prod = purge.CompletionFilter(metadata=(("env", "prod"),), model="smol-135m")
+    with write_transaction(engine) as conn:
+        assert purge.delete_completions_batch(conn, project, prod, 10) == 1
+    assert ids(list_all(engine, project, model="smol-135m")) == [relayed.id, direct.id]
 
 
 def test_metadata_and_model_filters_combine(engine: Engine, project: str, tagged: dict[str, CompletionRecord]) -> None:

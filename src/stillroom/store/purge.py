@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Select, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, Engine, Select, delete, exists, func, insert, or_, select, update
 
 from stillroom.store import search as fts
 from stillroom.store.projects import add_usage, bump_access, lock_usage
@@ -23,6 +23,7 @@ from stillroom.store.tables import (
     files,
     message_contents,
     metadata,
+    other_model,
     projects,
     sequences,
 )
@@ -52,8 +53,8 @@ def _matching(conn: Connection, project_id: str, selection: CompletionFilter) ->
         stmt = stmt.where(
             exists().where(m.project_id == project_id, m.completion_id == c.id, m.key == key, m.value == value)
         )
-    if selection.model is not None:
-        stmt = stmt.where(c.model == selection.model)
+    if selection.model is not None:  # the configured name or the stored object's own, as the list matches
+        stmt = stmt.where(or_(c.model == selection.model, other_model == selection.model))
     # A time range also bounds the commit clock (stillroom.store.timeline), which its index walks in range.
     if selection.id_from is not None:
         stmt = stmt.where(c.id >= selection.id_from, c.clock >= id_micros(selection.id_from))
