@@ -22,14 +22,14 @@ from typing import Any
 
 import orjson
 
+from stillroom.distill.export import Selection, iter_selected
 from stillroom.errors import BadRequestError
-from stillroom.store import completions as completion_store
+from stillroom.store.completions import StoredCompletion
 from stillroom.store.db import Engine
 from stillroom.store.projects import direct_writes
-from stillroom.stored import StoredFilter, catch_up_search, is_selected, parse_stored_filter
+from stillroom.stored import catch_up_search, parse_stored_filter
 
 ReadFile = Callable[[str, str], bytes]  # (project id, file id) -> its bytes (raises NotFoundError)
-_PAGE = 200
 MAX_ITEMS = 100_000
 
 
@@ -81,53 +81,20 @@ def stored_completion_items(engine: Engine, project_id: str, source: dict[str, A
     """The selection, oldest first: the stored completions list's filters (metadata pairs, model, search,
     created_after/created_before in unix seconds, after inclusive and before exclusive, parsed by the list's
     own code: stillroom.stored), and `limit`; or the completions `ids` names, in that order, that the
-    filters also match."""
+    filters also match. Incomplete answers are left out. Read as Distill reads (distill.export)."""
     limit = source.get("limit") or MAX_ITEMS
     chosen = parse_stored_filter(source, "data_source.source.")
     catch_up_search(direct_writes(engine), chosen.search)  # the worker process writes directly
-    if source.get("ids"):
-        return _items_by_id(engine, project_id, source["ids"], chosen, limit)
-    after_seq: int | None = None
+    selection = Selection(chosen, ids=tuple(source.get("ids") or ()))
     items: list[Item] = []
-    while len(items) < limit:
-        rows, bodies, has_more = completion_store.list_completions_with_messages(
-            engine,
-            project_id,
-            metadata=chosen.metadata,
-            model=chosen.model,
-            after_seq=after_seq,
-            limit=_PAGE,
-            search=chosen.search,
-            created_after=chosen.created_after,
-            created_before=chosen.created_before,
-        )
-        for row in rows:
-            if row.incomplete:
-                continue
-            messages = [bodies[d] for d in row.message_digests]
-            items.append(_stored_item(len(items), row, messages))
-            if len(items) >= limit:
-                break
-        if not has_more or not rows:
-            break
-        after_seq = rows[-1].seq
-    return items
-
-
-def _items_by_id(engine: Engine, project_id: str, ids: list[str], chosen: StoredFilter, limit: int) -> list[Item]:
-    items: list[Item] = []
-    for completion_id in dict.fromkeys(ids):
+    for row, messages in iter_selected(engine, project_id, selection, incomplete=False):
         if len(items) >= limit:
             break
-        row = completion_store.get_completion(engine, project_id, completion_id)
-        if row is None or row.incomplete or not is_selected(engine, row, chosen):
-            continue
-        messages = completion_store.get_messages(engine, project_id, completion_id) or []
         items.append(_stored_item(len(items), row, messages))
     return items
 
 
-def _stored_item(index: int, row: completion_store.StoredCompletion, messages: list[dict[str, Any]]) -> Item:
+def _stored_item(index: int, row: StoredCompletion, messages: list[dict[str, Any]]) -> Item:
     sample = sample_from_completion(row.response, messages, row.request)
     item = {
         "id": row.id,
