@@ -59,8 +59,8 @@ log = logging.getLogger("stillroom.store")
 T = TypeVar("T")
 CHECKPOINT_EVERY = 1000  # batches between WAL checkpoints (about 40 MB of WAL at most)
 PROBE_EVERY = 1.0  # seconds between probes while writes are failing and none is queued
-INDEX_IDLE = 0.002  # seconds without work after which the writer indexes what it committed (SQLite)
-INDEX_EVERY = 0.05  # seconds after the oldest unindexed commit by which a busy writer indexes it
+INDEX_IDLE = 0.025  # seconds without work after which the writer indexes what it committed (SQLite)
+INDEX_EVERY = 0.1  # seconds after the oldest unindexed commit by which a busy writer indexes it
 INDEX_STEP = 128  # completions indexed per step at most
 KEEP_DOCUMENTS = 10_000  # documents kept for steps that keep failing, at most
 
