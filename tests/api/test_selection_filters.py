@@ -19,6 +19,7 @@ from stillroom.store.evals import count_eval_rows
 from stillroom.store.files import count_files
 from tests.admin import CHAT, bearer, fake_upstream, make_client, new_key, new_project
 from tests.api.test_stored_search import _ids, _next_second
+from tests.conftest import NewDatabase
 from tests.envelope import assert_openai_error
 from tests.live import FakeUpstream
 
@@ -31,6 +32,13 @@ NOT_EMPTY = {
     "reference": "",
     "operation": "ne",
 }
+
+
+@pytest.fixture(scope="module")
+def db_url(db_url: str, new_database: NewDatabase) -> str:
+    """A database of its own: the runs made here stay queued (this client runs no worker), and a worker of
+    another module's server on the shared database would claim them and write their output items."""
+    return new_database(db_url)
 
 
 @pytest.fixture(scope="module")

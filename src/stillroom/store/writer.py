@@ -207,7 +207,7 @@ class CommitQueue:
             try:
                 got = self._queue.get(timeout=self._idle_timeout())
             except queue.Empty:
-                if self._unindexed:
+                if self._unindexed and not self._checkpointing():
                     self._index()
                 elif self._failing_since is not None:
                     self._probe()
@@ -223,12 +223,17 @@ class CommitQueue:
                     break
             self._drain(items)
             since = self._unindexed_since
-            if since is not None and time.monotonic() - since >= INDEX_EVERY:
+            if since is not None and time.monotonic() - since >= INDEX_EVERY and not self._checkpointing():
                 self._index()
             if got is None:
                 while self._unindexed and self._index():
                     pass
                 return
+
+    def _checkpointing(self) -> bool:
+        """A WAL checkpoint is copying the log back: an index step now would keep the log from being reused
+        (its pages land behind the copy); it waits for the next turn."""
+        return self._checkpoint is not None and not self._checkpoint.done()
 
     def _idle_timeout(self) -> float | None:
         if self._failing_since is not None:
