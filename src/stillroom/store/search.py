@@ -37,6 +37,8 @@ MAX_TERM = 64  # longer "words" (base64, hashes) are not indexed
 MAX_DOCUMENT = 100_000  # characters of a document; PostgreSQL's tsvector holds at most 1 MB
 MAX_QUERY_WORDS = 16
 _WORD = re.compile(r"[^\W_]+")
+# SQLite: every completion with seq at or below this value is indexed, none above (stillroom.store.search_tail).
+WATERMARK_SQL = "SELECT value FROM sequences WHERE name = 'search'"
 
 search_table = table("completion_search", column("rowid"), column("seq"), column("document"))
 
@@ -185,7 +187,7 @@ def unindex_completions(
     cascades)."""
     if conn.dialect.name != "sqlite":
         return
-    through = conn.execute(text("SELECT value FROM sequences WHERE name = 'search'")).scalar_one()
+    through = conn.execute(text(WATERMARK_SQL)).scalar_one()
     rows = [row for row in rows if row[0] <= through]
     digests_of = {seq: orjson.loads(digests) for seq, _, digests in rows}
     if bodies is None:

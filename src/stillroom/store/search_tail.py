@@ -26,20 +26,18 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
-from stillroom.store.search import document_text, index_rows
+from stillroom.store.search import WATERMARK_SQL, document_text, index_rows
 
 INDEX_LIMIT = 1024  # completions indexed per step at most
 _IN_CHUNK = 500  # values per IN (...) list
 
-_WATERMARK_SQL = "SELECT value FROM sequences WHERE name = 'search'"
-
 
 def indexed_through(cursor: Any) -> int:
     """The watermark: every completion with seq <= it is indexed, none above. `cursor`: a DBAPI cursor."""
-    cursor.execute(_WATERMARK_SQL)
+    cursor.execute(WATERMARK_SQL)
     row = cursor.fetchone()
     if row is None:
-        raise RuntimeError("the search watermark is missing: run `stillroom migrate`")
+        raise RuntimeError("the database predates migration 0010: start `stillroom serve` once to upgrade it")
     return int(row[0])
 
 
