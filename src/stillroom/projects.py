@@ -142,7 +142,7 @@ def delete_chat_completions(
     dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise BadRequestError("Invalid 'dry_run': expected a boolean.", param="dry_run")
-    catch_up_search(writes, selection.search)
+    catch_up_search(engine, writes, selection.search)
     if dry_run:
         count = purge.count_completions(engine, project_id, selection)
     else:

@@ -102,11 +102,11 @@ def parse_time_param(value: Any, param: str) -> int | None:
     return int(seconds * 1_000_000)
 
 
-def catch_up_search(writes: Writes, words: Words | None) -> None:
+def catch_up_search(engine: Engine, writes: Writes, words: Words | None) -> None:
     """Before a search reads: SQLite indexes completions just after their commit (store.search_tail), so a
     search first indexes everything committed so far, to answer with all of it. A write (through `writes`);
-    nothing without a search, nor on PostgreSQL."""
-    if words is not None:
+    nothing without a search, nor on PostgreSQL (it indexes inside the commit)."""
+    if words is not None and engine.dialect.name == "sqlite":
         writes(search_tail.catch_up)
 
 
@@ -119,6 +119,7 @@ def is_selected(engine: Engine, row: store.StoredCompletion, selection: StoredFi
 
 def list_stored_completions(
     engine: Engine,
+    writes: Writes,
     project_id: str,
     *,
     metadata: dict[str, str],
@@ -142,6 +143,7 @@ def list_stored_completions(
             "created_before": created_before,
         }
     )
+    catch_up_search(engine, writes, selection.search)
     try:
         rows, has_more = store.list_completions(
             engine,

@@ -47,11 +47,10 @@ async def list_chat_completions(
 ) -> Response:
     """Stored completions; filter metadata with `metadata[key]=value` pairs (all must match)."""
     size, descending = parse_page(limit, order)
-    if search:
-        await services.commits.catch_up_search()
     page = await run_in_threadpool(
         list_stored_completions,
         services.engine,
+        services.writes,
         principal.project_id,
         metadata=_metadata_filter(request.query_params),
         model=model,

@@ -95,7 +95,7 @@ def build_dataset(
 ) -> Dataset:
     """Write the dataset's file(s) and register them; BadRequestError (nothing kept) under 10 examples."""
     check_options(options)
-    catch_up_search(writes, selection.filters.search)
+    catch_up_search(engine, writes, selection.filters.search)
     name = f"distill-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
     training = Upload(storage, "fine-tune", f"{name}.jsonl", max_bytes)
     validation = Upload(storage, "fine-tune", f"{name}-validation.jsonl", max_bytes)

@@ -84,7 +84,7 @@ def stored_completion_items(engine: Engine, project_id: str, source: dict[str, A
     filters also match. Incomplete answers are left out. Read as Distill reads (distill.export)."""
     limit = source.get("limit") or MAX_ITEMS
     chosen = parse_stored_filter(source, "data_source.source.")
-    catch_up_search(direct_writes(engine), chosen.search)  # the worker process writes directly
+    catch_up_search(engine, direct_writes(engine), chosen.search)  # the worker process writes directly
     selection = Selection(chosen, ids=tuple(source.get("ids") or ()))
     items: list[Item] = []
     for row, messages in iter_selected(engine, project_id, selection, incomplete=False):

@@ -18,7 +18,7 @@ Search (SQLite). Batches leave the full-text index to the writer's own steps (st
 it indexes what it committed once it has had nothing to do for `INDEX_IDLE`, or `INDEX_EVERY` after the
 oldest of them while it stays busy, `INDEX_STEP` completions a step at most, so that a step holds up the
 next batch only briefly; `close` indexes everything before it stops. A search that must see every
-completion committed before it awaits `catch_up_search` first.
+completion committed before it runs `write(search_tail.catch_up)` first (stillroom.stored.catch_up_search).
 
 Failures. A data or integrity error (a duplicate id, a value the column refuses) belongs to one record, so
 that batch is retried record by record and only the culprit fails. Any other error (the database is
@@ -29,7 +29,7 @@ write succeeds again; while failing and idle, the writer probes the database eve
 so that health recovers even when nothing is being stored.
 
 Callers: `await commit(record, timeout)` (returns once committed), `enqueue(record)` (no wait, for streams
-that broke off), `submit(record)` (a concurrent Future, for threads), `await write(fn)`, `await catch_up_search()`.
+that broke off), `submit(record)` (a concurrent Future, for threads), `await write(fn)`.
 """
 
 from __future__ import annotations
@@ -144,12 +144,6 @@ class CommitQueue:
         future: asyncio.Future[T] = loop.create_future()
         self._hand_over(loop, _Write(fn, _LoopWaiter(loop, future)))
         return await future
-
-    async def catch_up_search(self) -> None:
-        """Return once every completion committed so far is in the search index: what a search must wait
-        for to see them (SQLite indexes after the commit; elsewhere this returns at once)."""
-        if self._unindexed is not None:
-            await self.write(search_tail.catch_up)
 
     def submit_write(self, fn: Callable[[Connection], T]) -> Future[T]:
         """`write` for callers on a thread."""
