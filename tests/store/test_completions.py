@@ -907,10 +907,11 @@ def test_the_rarest_metadata_pair_drives_a_two_pair_filter(engine: Engine, proje
     assert list_all(engine, project, metadata={"app": "main", "user": "nobody"}) == []
 
 
-def test_the_writer_checkpoints_the_wal_on_a_thread_of_its_own(tmp_path: Path) -> None:
+def test_the_wal_stays_bounded_while_completions_keep_coming(tmp_path: Path) -> None:
     """SQLite only (the WAL is SQLite's): auto-checkpoints are off, so the writer must checkpoint, or the
-    log would grow with every commit. After three checkpoint periods the WAL is no longer than it was
-    after the first (the log is reused once checkpointed)."""
+    log would grow with every commit. Completions keep arriving while the checkpoint thread copies the log
+    back, as under steady load; SQLite reuses the log only once every frame in it has been copied back, so
+    without the writer's own pass after that copy the log grew by every commit's pages, without bound."""
     engine = make_engine(f"sqlite:///{tmp_path / 'wal.db'}")
     upgrade_database(engine)
     queue = CommitQueue(engine)
@@ -918,18 +919,16 @@ def test_the_writer_checkpoints_the_wal_on_a_thread_of_its_own(tmp_path: Path) -
     sizes = []
 
     async def main() -> None:
-        for _ in range(3):
+        for _ in range(6):
             for _ in range(CHECKPOINT_EVERY):
                 await queue.commit(record("wal"), timeout=WAIT)
-            assert queue._checkpoint is not None
-            await asyncio.wrap_future(queue._checkpoint)
             sizes.append(wal.stat().st_size)
 
     asyncio.run(main())
     queue.close()
     engine.dispose()
-    assert queue.committed == 3 * CHECKPOINT_EVERY
-    assert sizes[2] <= sizes[0] * 1.2, sizes
+    assert queue.committed == 6 * CHECKPOINT_EVERY
+    assert sizes[-1] <= sizes[0] * 1.5, sizes
 
 
 # --- the commit sequence: list order is commit order ---------------------------------------------

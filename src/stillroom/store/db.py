@@ -123,8 +123,17 @@ def raw_write_transaction(engine: Engine, connection: Any = None) -> Iterator[An
             connection.close()
 
 
-def checkpoint_wal(engine: Engine) -> None:
-    """Copy SQLite's write-ahead log back into the database without blocking writers (PASSIVE)."""
-    if engine.dialect.name == "sqlite":
+def checkpoint_wal(engine: Engine, connection: Any = None) -> None:
+    """Copy SQLite's write-ahead log back into the database without blocking writers (PASSIVE).
+    `connection`: a DBAPI connection the caller holds (outside any transaction), else one is checked out."""
+    if engine.dialect.name != "sqlite":
+        return
+    if connection is None:
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        return
+    cursor = connection.cursor()
+    try:
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        cursor.close()

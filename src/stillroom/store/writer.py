@@ -11,8 +11,16 @@ is collected in a list and passed to the thread in one queue put when the iterat
 same iteration is committed together; the loop is woken once per batch with the outcomes (one
 `call_soon_threadsafe` per loop and batch). Pool checkout,
 `BEGIN IMMEDIATE` (which waits while another process holds SQLite's write lock), hashing and serialising
-histories, and the commit itself all happen on the writer thread. SQLite's WAL is checkpointed every
-`CHECKPOINT_EVERY` batches on a thread of its own, never inside a commit.
+histories, and the commit itself all happen on the writer thread.
+
+Checkpoints (SQLite). Every `CHECKPOINT_EVERY` batches, a thread of its own (at the lowest CPU priority
+on Linux, so that it takes the core only when the loop and the writer leave it) copies the write-ahead log
+back into the database while the writer goes on committing. SQLite starts the log from its beginning again
+only once every frame in it has been copied back, which a copy running alongside commits never achieves (the
+log grew by every commit's pages, without bound, under steady load). So when that copy is done, the writer
+copies the few frames committed meanwhile itself, between two batches, and its next batch starts the log
+anew: the log holds about `CHECKPOINT_EVERY` batches at most, and no commit waits on the large copy or its
+fsync.
 
 Search (SQLite). Batches leave the full-text index to the writer's own steps (stillroom.store.search_tail):
 it indexes what it committed once it has had nothing to do for `INDEX_IDLE`, or `INDEX_EVERY` after the
@@ -37,7 +45,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -57,7 +67,7 @@ from stillroom.store.db import checkpoint_wal, raw_write_transaction, write_tran
 log = logging.getLogger("stillroom.store")
 
 T = TypeVar("T")
-CHECKPOINT_EVERY = 1000  # batches between WAL checkpoints (about 40 MB of WAL at most)
+CHECKPOINT_EVERY = 100  # batches between WAL checkpoints (a one-completion batch adds ~16 pages to the log)
 PROBE_EVERY = 1.0  # seconds between probes while writes are failing and none is queued
 INDEX_IDLE = 0.025  # seconds without work after which the writer indexes what it committed (SQLite)
 INDEX_EVERY = 0.1  # seconds after the oldest unindexed commit by which a busy writer indexes it
@@ -105,7 +115,9 @@ class CommitQueue:
         # SQLite: seq -> search document of what this writer committed and has not indexed yet.
         self._unindexed: dict[int, str] | None = {} if engine.dialect.name == "sqlite" else None
         self._unindexed_since: float | None = None  # monotonic time of the oldest of them
-        self._checkpoints = ThreadPoolExecutor(1, thread_name_prefix="stillroom-checkpoint")
+        self._checkpoints = ThreadPoolExecutor(
+            1, thread_name_prefix="stillroom-checkpoint", initializer=_lowest_priority
+        )
         self._checkpoint: Future[None] | None = None
         self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()  # hand-overs; None: stop
         self._handed: dict[asyncio.AbstractEventLoop, list[_Item]] = {}  # this loop iteration's, not yet put
@@ -201,7 +213,9 @@ class CommitQueue:
             try:
                 got = self._queue.get(timeout=self._idle_timeout())
             except queue.Empty:
-                if self._unindexed and not self._checkpointing():
+                if self._checkpoint_copied():
+                    self._finish_checkpoint()
+                elif self._unindexed and not self._checkpointing():
                     self._index()
                 elif self._failing_since is not None:
                     self._probe()
@@ -216,6 +230,8 @@ class CommitQueue:
                 except queue.Empty:
                     break
             self._drain(items)
+            if self._checkpoint_copied():
+                self._finish_checkpoint()
             since = self._unindexed_since
             if since is not None and time.monotonic() - since >= INDEX_EVERY and not self._checkpointing():
                 self._index()
@@ -229,10 +245,13 @@ class CommitQueue:
         (its pages land behind the copy); it waits for the next turn."""
         return self._checkpoint is not None and not self._checkpoint.done()
 
+    def _checkpoint_copied(self) -> bool:
+        return self._checkpoint is not None and self._checkpoint.done()
+
     def _idle_timeout(self) -> float | None:
         if self._failing_since is not None:
             return PROBE_EVERY
-        return INDEX_IDLE if self._unindexed else None
+        return INDEX_IDLE if self._unindexed or self._checkpoint is not None else None
 
     def _drain(self, items: list[_Item]) -> None:
         """Write in arrival order: consecutive records in batches of at most `batch_size`, each function on
@@ -256,7 +275,7 @@ class CommitQueue:
         outcomes: list[tuple[_Waiter, Any, BaseException | None]] = []
         self._save_split(batch, outcomes)
         self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_EVERY and (self._checkpoint is None or self._checkpoint.done()):
+        if self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpoint is None:
             self._since_checkpoint = 0
             if self._unindexed:  # first, or the step's pages would be written while the log is copied back
                 self._index()
@@ -377,6 +396,23 @@ class CommitQueue:
             checkpoint_wal(self._engine)
         except Exception as exc:  # the edge of a worker thread: a failed checkpoint is retried next time
             log.warning("WAL checkpoint failed: %s", exc)
+
+    def _finish_checkpoint(self) -> None:
+        """The writer's own pass, once the checkpoint thread's is done: copy back what was committed during
+        that one, so that the next batch can start the log anew (see the module doc)."""
+        self._checkpoint = None
+        try:
+            checkpoint_wal(self._engine, self._held_connection())
+        except Exception as exc:  # the edge of the writer: the next checkpoint tries again
+            self._release_connection()
+            log.warning("WAL checkpoint failed: %s", exc)
+
+
+def _lowest_priority() -> None:
+    """Run this thread at nice 19 (Linux: a thread's own priority; elsewhere it would be the process's)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _is_data_error(exc: BaseException) -> bool:
