@@ -123,17 +123,19 @@ def raw_write_transaction(engine: Engine, connection: Any = None) -> Iterator[An
             connection.close()
 
 
-def checkpoint_wal(engine: Engine, connection: Any = None) -> None:
-    """Copy SQLite's write-ahead log back into the database without blocking writers (PASSIVE).
-    `connection`: a DBAPI connection the caller holds (outside any transaction), else one is checked out."""
+def checkpoint_wal(engine: Engine, connection: Any = None) -> int:
+    """Copy SQLite's write-ahead log back into the database without blocking writers (PASSIVE); returns the
+    log's length in frames when the copy began (0 on PostgreSQL). `connection`: a DBAPI connection the caller
+    holds (outside any transaction), else one is checked out."""
     if engine.dialect.name != "sqlite":
-        return
+        return 0
     if connection is None:
         with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        return
-    cursor = connection.cursor()
-    try:
-        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-    finally:
-        cursor.close()
+            row = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    else:
+        cursor = connection.cursor()
+        try:
+            row = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            cursor.close()
+    return int(row[1]) if row is not None else 0

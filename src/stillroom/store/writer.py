@@ -17,10 +17,11 @@ Checkpoints (SQLite). Every `CHECKPOINT_EVERY` batches, a thread of its own (at 
 on Linux, so that it takes the core only when the loop and the writer leave it) copies the write-ahead log
 back into the database while the writer goes on committing. SQLite starts the log from its beginning again
 only once every frame in it has been copied back, which a copy running alongside commits never achieves (the
-log grew by every commit's pages, without bound, under steady load). So when that copy is done, the writer
-copies the few frames committed meanwhile itself, between two batches, and its next batch starts the log
-anew: the log holds about `CHECKPOINT_EVERY` batches at most, and no commit waits on the large copy or its
-fsync.
+log grew by every commit's pages, without bound, under steady load). So the thread repeats its pass, each
+copying what was committed during the one before, until one begins with little left (`CHECKPOINT_LEFT`
+frames); then the writer copies the few frames committed meanwhile itself, between two batches, and its next
+batch starts the log anew. The log holds about `CHECKPOINT_EVERY` batches at most, and no commit waits on a
+large copy or its fsync.
 
 Search (SQLite). Batches leave the full-text index to the writer's own steps (stillroom.store.search_tail):
 it indexes what it committed once it has had nothing to do for `INDEX_IDLE`, or `INDEX_EVERY` after the
@@ -68,6 +69,8 @@ log = logging.getLogger("stillroom.store")
 
 T = TypeVar("T")
 CHECKPOINT_EVERY = 100  # batches between WAL checkpoints (a one-completion batch adds ~16 pages to the log)
+CHECKPOINT_PASSES = 4  # passes of the checkpoint thread at most, before the writer's own
+CHECKPOINT_LEFT = 32  # frames committed during a pass that the writer's own pass may copy
 PROBE_EVERY = 1.0  # seconds between probes while writes are failing and none is queued
 INDEX_IDLE = 0.025  # seconds without work after which the writer indexes what it committed (SQLite)
 INDEX_EVERY = 0.1  # seconds after the oldest unindexed commit by which a busy writer indexes it
@@ -392,8 +395,14 @@ class CommitQueue:
             self.last_error = None
 
     def _run_checkpoint(self) -> None:
+        """Passes until one began with little more in the log than the one before it (the commits made while
+        that one ran), so that the writer's own pass after it is short."""
         try:
-            checkpoint_wal(self._engine)
+            frames = checkpoint_wal(self._engine)
+            for _ in range(CHECKPOINT_PASSES - 1):
+                before, frames = frames, checkpoint_wal(self._engine)
+                if frames - before <= CHECKPOINT_LEFT:
+                    break
         except Exception as exc:  # the edge of a worker thread: a failed checkpoint is retried next time
             log.warning("WAL checkpoint failed: %s", exc)
 
@@ -409,8 +418,13 @@ class CommitQueue:
 
 
 def _lowest_priority() -> None:
-    """Run this thread at nice 19 (Linux: a thread's own priority; elsewhere it would be the process's)."""
-    if sys.platform == "linux":
+    """Linux: run this thread under SCHED_IDLE (pid 0 is the calling thread there), which any other thread
+    preempts as soon as it wakes, or else at nice 19. Elsewhere both would apply to the whole process."""
+    if sys.platform != "linux":
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
