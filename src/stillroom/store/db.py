@@ -123,12 +123,13 @@ def raw_write_transaction(engine: Engine, connection: Any = None) -> Iterator[An
             connection.close()
 
 
-def checkpoint_wal(engine: Engine, connection: Any = None) -> int:
-    """Copy SQLite's write-ahead log back into the database without blocking writers (PASSIVE); returns the
-    log's length in frames when the copy began (0 on PostgreSQL). `connection`: a DBAPI connection the caller
-    holds (outside any transaction), else one is checked out."""
+def checkpoint_wal(engine: Engine, connection: Any = None) -> tuple[int, int]:
+    """Copy SQLite's write-ahead log back into the database without blocking writers (PASSIVE). Returns
+    the log's length in frames when the copy began, and how many of them are now copied back ((0, 0) on
+    PostgreSQL). `connection`: a DBAPI connection the caller holds (outside any transaction), else one is
+    checked out."""
     if engine.dialect.name != "sqlite":
-        return 0
+        return 0, 0
     if connection is None:
         with engine.connect() as conn:
             row = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -138,4 +139,4 @@ def checkpoint_wal(engine: Engine, connection: Any = None) -> int:
             row = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         finally:
             cursor.close()
-    return int(row[1]) if row is not None else 0
+    return (int(row[1]), int(row[2])) if row is not None else (0, 0)

@@ -18,10 +18,11 @@ on Linux, so that it takes the core only when the loop and the writer leave it) 
 back into the database while the writer goes on committing. SQLite starts the log from its beginning again
 only once every frame in it has been copied back, which a copy running alongside commits never achieves (the
 log grew by every commit's pages, without bound, under steady load). So the thread repeats its pass, each
-copying what was committed during the one before, until one begins with little left (`CHECKPOINT_LEFT`
-frames); then the writer copies the few frames committed meanwhile itself, between two batches, and its next
-batch starts the log anew. The log holds about `CHECKPOINT_EVERY` batches at most, and no commit waits on a
-large copy or its fsync.
+copying what was committed during the one before, until one finds nothing new: below saturation the passes
+shrink to a commit or two, and one soon falls between two commits; then the next batch starts the log anew.
+If `CHECKPOINT_PASSES` were not enough (commits back to back), the writer copies the last few frames itself,
+between two batches. The log holds about `CHECKPOINT_EVERY` batches, and no commit waits on a large copy or
+its fsync.
 
 Search (SQLite). Batches leave the full-text index to the writer's own steps (stillroom.store.search_tail):
 it indexes what it committed once it has had nothing to do for `INDEX_IDLE`, or `INDEX_EVERY` after the
@@ -69,8 +70,8 @@ log = logging.getLogger("stillroom.store")
 
 T = TypeVar("T")
 CHECKPOINT_EVERY = 100  # batches between WAL checkpoints (a one-completion batch adds ~16 pages to the log)
-CHECKPOINT_PASSES = 4  # passes of the checkpoint thread at most, before the writer's own
-CHECKPOINT_LEFT = 32  # frames committed during a pass that the writer's own pass may copy
+CHECKPOINT_PASSES = 4  # passes of the checkpoint thread at most, before the writer copies the rest itself
+CHECKPOINT_LEFT = 32  # frames committed during its last pass that the writer may copy (two batches or so)
 PROBE_EVERY = 1.0  # seconds between probes while writes are failing and none is queued
 INDEX_IDLE = 0.025  # seconds without work after which the writer indexes what it committed (SQLite)
 INDEX_EVERY = 0.1  # seconds after the oldest unindexed commit by which a busy writer indexes it
@@ -121,7 +122,7 @@ class CommitQueue:
         self._checkpoints = ThreadPoolExecutor(
             1, thread_name_prefix="stillroom-checkpoint", initializer=_lowest_priority
         )
-        self._checkpoint: Future[None] | None = None
+        self._checkpoint: Future[bool] | None = None
         self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()  # hand-overs; None: stop
         self._handed: dict[asyncio.AbstractEventLoop, list[_Item]] = {}  # this loop iteration's, not yet put
         self._thread = threading.Thread(target=self._run, name="stillroom-writer", daemon=True)
@@ -277,13 +278,13 @@ class CommitQueue:
     def _save(self, batch: list[tuple[CompletionRecord, _Waiter]]) -> None:
         outcomes: list[tuple[_Waiter, Any, BaseException | None]] = []
         self._save_split(batch, outcomes)
+        _settle_all(outcomes)  # before the index step below: nobody waits on it
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpoint is None:
             self._since_checkpoint = 0
             if self._unindexed:  # first, or the step's pages would be written while the log is copied back
                 self._index()
             self._checkpoint = self._checkpoints.submit(self._run_checkpoint)
-        _settle_all(outcomes)
 
     def _save_split(
         self, batch: list[tuple[CompletionRecord, _Waiter]], outcomes: list[tuple[_Waiter, Any, BaseException | None]]
@@ -394,22 +395,35 @@ class CommitQueue:
             self._failing_since = None
             self.last_error = None
 
-    def _run_checkpoint(self) -> None:
-        """Passes until one began with little more in the log than the one before it (the commits made while
-        that one ran), so that the writer's own pass after it is short."""
+    def _run_checkpoint(self) -> bool:
+        """Passes, each copying what was committed during the one before, until one finds nothing new: then
+        every frame is copied back and the next batch starts the log anew. Returns whether that happened
+        within `CHECKPOINT_PASSES` (else the writer copies the rest itself)."""
         try:
-            frames = checkpoint_wal(self._engine)
-            for _ in range(CHECKPOINT_PASSES - 1):
-                before, frames = frames, checkpoint_wal(self._engine)
-                if frames - before <= CHECKPOINT_LEFT:
-                    break
+            connection = self._engine.raw_connection()
+            try:
+                frames, _ = checkpoint_wal(self._engine, connection)
+                for _ in range(CHECKPOINT_PASSES - 1):
+                    before = frames
+                    frames, copied = checkpoint_wal(self._engine, connection)
+                    # Nothing committed since the last pass began (or the log restarted), and no reader held
+                    # the copy back: every frame is in the database.
+                    if frames <= before and copied == frames:
+                        return True
+                    if frames - before <= CHECKPOINT_LEFT:  # the writer's own pass will be short
+                        break
+            finally:
+                connection.close()
         except Exception as exc:  # the edge of a worker thread: a failed checkpoint is retried next time
             log.warning("WAL checkpoint failed: %s", exc)
+        return False
 
     def _finish_checkpoint(self) -> None:
-        """The writer's own pass, once the checkpoint thread's is done: copy back what was committed during
-        that one, so that the next batch can start the log anew (see the module doc)."""
-        self._checkpoint = None
+        """Once the checkpoint thread is done: unless it copied every frame back, the writer copies what was
+        committed during its last pass, so that the next batch can start the log anew (see the module doc)."""
+        done, self._checkpoint = self._checkpoint, None
+        if done is not None and done.result():
+            return
         try:
             checkpoint_wal(self._engine, self._held_connection())
         except Exception as exc:  # the edge of the writer: the next checkpoint tries again
