@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import math
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -929,6 +930,49 @@ def test_the_wal_stays_bounded_while_completions_keep_coming(tmp_path: Path) -> 
     engine.dispose()
     assert queue.committed == 6 * CHECKPOINT_EVERY
     assert sizes[-1] <= sizes[0] * 1.5, sizes
+
+
+def test_a_batch_is_answered_before_the_index_step_that_precedes_a_checkpoint(tmp_path: Path) -> None:
+    """The batch that makes a checkpoint due is followed by an index step (SQLite) on the writer thread;
+    its caller must have its answer already, not wait for the step. The step is held here until the
+    caller has been answered, which never happens if the answer waits for it."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'step.db'}")
+    upgrade_database(engine)
+    queue = CommitQueue(engine)
+    answered = threading.Event()
+    steps: list[bool] = []
+    index = queue._index
+
+    def held_index() -> bool:
+        steps.append(answered.wait(5.0))
+        return index()
+
+    queue._index = held_index  # type: ignore[method-assign]
+
+    async def main() -> None:
+        for _ in range(CHECKPOINT_EVERY):
+            await queue.commit(record("step"), timeout=WAIT)
+        answered.set()
+
+    try:
+        asyncio.run(main())
+    finally:
+        answered.set()
+        queue.close()
+        engine.dispose()
+    assert steps and steps[0], steps  # the first step began before the last caller was answered, and waited
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_checkpoint_thread_runs_at_idle_priority(tmp_path: Path) -> None:
+    """The checkpoint's copy and its fsyncs take the core only when the event loop and the writer leave it."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'idle.db'}")
+    queue = CommitQueue(engine)
+    try:
+        assert queue._checkpoints.submit(os.sched_getscheduler, 0).result(WAIT) == os.SCHED_IDLE
+    finally:
+        queue.close()
+        engine.dispose()
 
 
 # --- the commit sequence: list order is commit order ---------------------------------------------

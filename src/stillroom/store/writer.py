@@ -111,13 +111,13 @@ class CommitQueue:
         self._failing_since: float | None = None  # monotonic time of the first failure since the last success
         self._busy_since: float | None = None  # monotonic start of the write in progress
         self._since_checkpoint = 0
+        self._sqlite = engine.dialect.name == "sqlite"  # a WAL to checkpoint, a held connection, the index
         # SQLite: the writer keeps one connection (no checkout per batch, and its page cache stays warm; a
         # connection that another one wrote behind re-reads every page it touches). A server database
         # keeps the pool's checkout, whose ping replaces a connection the server dropped while idle.
-        self._holds_connection = engine.dialect.name == "sqlite"
         self._connection: Any = None
         # SQLite: seq -> search document of what this writer committed and has not indexed yet.
-        self._unindexed: dict[int, str] | None = {} if engine.dialect.name == "sqlite" else None
+        self._unindexed: dict[int, str] | None = {} if self._sqlite else None
         self._unindexed_since: float | None = None  # monotonic time of the oldest of them
         self._checkpoints = ThreadPoolExecutor(
             1, thread_name_prefix="stillroom-checkpoint", initializer=_lowest_priority
@@ -189,7 +189,8 @@ class CommitQueue:
         self._queue.put(None)
         self._thread.join(timeout)
         self._checkpoints.shutdown(wait=True)
-        self._run_checkpoint()
+        if self._sqlite:
+            self._run_checkpoint()
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop, item: _Item) -> None:
         """On `loop`: add `item` to what this iteration hands over; the first one schedules the put."""
@@ -280,7 +281,7 @@ class CommitQueue:
         self._save_split(batch, outcomes)
         _settle_all(outcomes)  # before the index step below: nobody waits on it
         self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpoint is None:
+        if self._sqlite and self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpoint is None:
             self._since_checkpoint = 0
             if self._unindexed:  # first, or the step's pages would be written while the log is copied back
                 self._index()
@@ -322,7 +323,7 @@ class CommitQueue:
                 outcomes.append((waiter, None, None))
 
     def _held_connection(self) -> Any:
-        if self._holds_connection and self._connection is None:
+        if self._sqlite and self._connection is None:
             self._connection = self._engine.raw_connection()
         return self._connection
 
