@@ -18,11 +18,12 @@ on Linux, so that it takes the core only when the loop and the writer leave it) 
 back into the database while the writer goes on committing. SQLite starts the log from its beginning again
 only once every frame in it has been copied back, which a copy running alongside commits never achieves (the
 log grew by every commit's pages, without bound, under steady load). So the thread repeats its pass, each
-copying what was committed during the one before, until one finds nothing new: below saturation the passes
-shrink to a commit or two, and one soon falls between two commits; then the next batch starts the log anew.
-If `CHECKPOINT_PASSES` were not enough (commits back to back), the writer copies the last few frames itself,
-between two batches. The log holds about `CHECKPOINT_EVERY` batches, and no commit waits on a large copy or
-its fsync.
+copying what was committed during the one before, until one finds nothing new (every frame is copied back,
+and the next batch starts the log anew) or began with at most `CHECKPOINT_LEFT` new frames, in at most
+`CHECKPOINT_PASSES` passes. Unless it found nothing new, which is rare under load, the writer then copies the
+few frames committed meanwhile itself, between two batches (about a millisecond, with its two fsyncs), and
+its next batch starts the log anew. The log holds about `CHECKPOINT_EVERY` batches, and no commit waits on
+a large copy or its fsync.
 
 Search (SQLite). Batches leave the full-text index to the writer's own steps (stillroom.store.search_tail):
 it indexes what it committed once it has had nothing to do for `INDEX_IDLE`, or `INDEX_EVERY` after the
@@ -246,8 +247,8 @@ class CommitQueue:
                 return
 
     def _checkpointing(self) -> bool:
-        """A WAL checkpoint is copying the log back: an index step now would keep the log from being reused
-        (its pages land behind the copy); it waits for the next turn."""
+        """The checkpoint thread is copying the log back: an index step now would add its pages behind the
+        copy, for the writer's own pass to copy; it waits for the next turn."""
         return self._checkpoint is not None and not self._checkpoint.done()
 
     def _checkpoint_copied(self) -> bool:
