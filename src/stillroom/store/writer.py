@@ -13,8 +13,8 @@ same iteration is committed together; the loop is woken once per batch with the 
 `BEGIN IMMEDIATE` (which waits while another process holds SQLite's write lock), hashing and serialising
 histories, and the commit itself all happen on the writer thread.
 
-Checkpoints (SQLite). Every `CHECKPOINT_EVERY` batches, a thread of its own (at the lowest CPU priority
-on Linux, so that it takes the core only when the loop and the writer leave it) copies the write-ahead log
+Checkpoints (SQLite). Every `CHECKPOINT_EVERY` batches, a thread of its own (at nice 19 on Linux, so that
+it takes little of the core from the loop and the writer) copies the write-ahead log
 back into the database while the writer goes on committing. SQLite starts the log from its beginning again
 only once every frame in it has been copied back, which a copy running alongside commits never achieves (the
 log grew by every commit's pages, without bound, under steady load). So the thread repeats its pass, each
@@ -23,7 +23,8 @@ and the next batch starts the log anew) or began with at most `CHECKPOINT_LEFT` 
 `CHECKPOINT_PASSES` passes. Unless it found nothing new, which is rare under load, the writer then copies the
 few frames committed meanwhile itself, between two batches (about a millisecond, with its two fsyncs), and
 its next batch starts the log anew. The log holds about `CHECKPOINT_EVERY` batches, and no commit waits on
-a large copy or its fsync.
+a large copy or its fsync. On a machine so busy that the thread has not finished after `CHECKPOINT_LATE`
+periods, the writer waits for it.
 
 Search (SQLite). Batches leave the full-text index to the writer's own steps (stillroom.store.search_tail):
 it indexes what it committed once it has had nothing to do for `INDEX_IDLE`, or `INDEX_EVERY` after the
@@ -73,6 +74,7 @@ T = TypeVar("T")
 CHECKPOINT_EVERY = 100  # batches between WAL checkpoints (a one-completion batch adds ~16 pages to the log)
 CHECKPOINT_PASSES = 4  # passes of the checkpoint thread at most, before the writer copies the rest itself
 CHECKPOINT_LEFT = 32  # frames committed during its last pass that the writer may copy (two batches or so)
+CHECKPOINT_LATE = 10  # periods after which the writer waits for a checkpoint the thread has not finished
 PROBE_EVERY = 1.0  # seconds between probes while writes are failing and none is queued
 INDEX_IDLE = 0.025  # seconds without work after which the writer indexes what it committed (SQLite)
 INDEX_EVERY = 0.1  # seconds after the oldest unindexed commit by which a busy writer indexes it
@@ -282,11 +284,30 @@ class CommitQueue:
         self._save_split(batch, outcomes)
         _settle_all(outcomes)  # before the index step below: nobody waits on it
         self._since_checkpoint += 1
-        if self._sqlite and self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpoint is None:
-            self._since_checkpoint = 0
-            if self._unindexed:  # first, or the step's pages would be written while the log is copied back
-                self._index()
-            self._checkpoint = self._checkpoints.submit(self._run_checkpoint)
+        if not self._sqlite or self._since_checkpoint < CHECKPOINT_EVERY:
+            return
+        if self._checkpoint is not None:
+            if self._since_checkpoint < CHECKPOINT_LATE * CHECKPOINT_EVERY:
+                return
+            self._wait_for_checkpoint()
+        self._since_checkpoint = 0
+        if self._unindexed:  # first, or the step's pages would be written while the log is copied back
+            self._index()
+        self._checkpoint = self._checkpoints.submit(self._run_checkpoint)
+
+    def _wait_for_checkpoint(self) -> None:
+        """The checkpoint thread, at the lowest priority, has not finished in `CHECKPOINT_LATE` periods: other
+        work keeps the CPUs busy. Wait for it (commits wait meanwhile, and /health says so after
+        `stall_after`): the log must not grow without bound on a busy machine either."""
+        checkpoint = self._checkpoint
+        assert checkpoint is not None
+        self._busy_since = time.monotonic()
+        try:
+            with contextlib.suppress(Exception):  # _run_checkpoint logs its own failures
+                checkpoint.result()
+        finally:
+            self._busy_since = None
+        self._finish_checkpoint()
 
     def _save_split(
         self, batch: list[tuple[CompletionRecord, _Waiter]], outcomes: list[tuple[_Waiter, Any, BaseException | None]]
@@ -434,13 +455,9 @@ class CommitQueue:
 
 
 def _lowest_priority() -> None:
-    """Linux: run this thread under SCHED_IDLE (pid 0 is the calling thread there), which any other thread
-    preempts as soon as it wakes, or else at nice 19. Elsewhere both would apply to the whole process."""
-    if sys.platform != "linux":
-        return
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except OSError:
+    """Linux: run this thread at nice 19 (a thread's own priority there; elsewhere it would be the whole
+    process's). Not SCHED_IDLE: that gets next to no CPU while other processes keep the machine busy."""
+    if sys.platform == "linux":
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
