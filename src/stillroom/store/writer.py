@@ -296,9 +296,9 @@ class CommitQueue:
         self._checkpoint = self._checkpoints.submit(self._run_checkpoint)
 
     def _wait_for_checkpoint(self) -> None:
-        """The checkpoint thread, at the lowest priority, has not finished in `CHECKPOINT_LATE` periods: other
-        work keeps the CPUs busy. Wait for it (commits wait meanwhile, and /health says so after
-        `stall_after`): the log must not grow without bound on a busy machine either."""
+        """The checkpoint thread, at nice 19, has not finished in `CHECKPOINT_LATE` periods: other work keeps
+        the CPUs busy. Wait for it (commits wait meanwhile, and /health says so after `stall_after`): the
+        log must not grow without bound on a busy machine either."""
         checkpoint = self._checkpoint
         assert checkpoint is not None
         self._busy_since = time.monotonic()
