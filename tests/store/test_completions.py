@@ -913,7 +913,7 @@ def test_the_wal_stays_bounded_while_completions_keep_coming(tmp_path: Path, mon
     """SQLite only (the WAL is SQLite's): auto-checkpoints are off, so the writer must checkpoint, or the
     log would grow with every commit. Completions keep arriving while the checkpoint thread copies the log
     back, as under steady load; SQLite reuses the log only once every frame in it has been copied back, so
-    without the writer's own pass after that copy the log grew by every commit's pages, without bound (30x
+    without the writer's own pass after that copy the log grew by every commit's pages, without bound (25x
     here). On a busy machine the low-priority thread may lag, by `CHECKPOINT_LATE` periods at most."""
     monkeypatch.setattr(writer, "CHECKPOINT_EVERY", 20)
     periods = 3 * writer.CHECKPOINT_LATE
