@@ -58,6 +58,8 @@ def test_search_box_finds_words_in_messages_on_the_server(
 
     search.fill(tag)  # every one of them, one per page, newest first, found across pages
     search.press("Enter")
+    # Once this search has answered (until then the peppermint row of the last one is still shown).
+    expect(page.get_by_role("button", name="Next page")).to_have_count(1)
     seen = []
     for _ in ids:
         expect(_rows(page)).to_have_count(1)
